@@ -1,0 +1,18 @@
+"""Tasks: what a member is evaluated on."""
+
+from evojax_nets.tasks.base import BoundTask, FunctionTask, Task, as_task
+from evojax_nets.tasks.datasets import Dataset, load_digits, load_idx_dataset, read_idx, write_idx
+from evojax_nets.tasks.supervised import Supervised
+
+__all__ = [
+    "BoundTask",
+    "Dataset",
+    "FunctionTask",
+    "Supervised",
+    "Task",
+    "as_task",
+    "load_digits",
+    "load_idx_dataset",
+    "read_idx",
+    "write_idx",
+]

@@ -1,0 +1,108 @@
+"""The task interface the engine evaluates.
+
+A task, once bound to a :class:`~evojax_nets.nets.Network`, is a :class:`BoundTask`: functions
+of one genome ``theta``. The engine ``vmap``s them over the population in one place. The
+evaluation key is shared by all members of a generation (common random numbers: every member
+sees the same minibatch or episode seeds), which lowers the variance of fitness differences
+and lets XLA sample the minibatch once.
+
+A custom task is any ``fitness(key, member) -> scalar`` written against the user's own model
+(``member`` is the model in the user's structure, see ``Network.member``), wrapped by
+:func:`as_task` with its objective sense stated once: ``maximize=True`` for returns or
+accuracy. The engine minimises internally; nobody negates by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import jax
+
+from evojax_nets.nets import Network
+
+
+@dataclass(frozen=True, eq=False)
+class BoundTask:
+    """A task's functions of one genome.
+
+    Attributes:
+      fitness: ``fitness(key, theta) -> scalar`` in the task's own sense.
+      maximize: the sense of ``fitness``.
+      loss: a differentiable minimised objective ``loss(key, theta) -> scalar`` (optional).
+      test_metrics: ``test_metrics(theta) -> {name: scalar}`` on held-out data (optional).
+      metric: the name of the headline test metric (a key of ``test_metrics``).
+      metric_maximize: whether larger values of ``metric`` are better.
+    """
+
+    fitness: Callable[[jax.Array, jax.Array], jax.Array]
+    maximize: bool
+    loss: Callable[[jax.Array, jax.Array], jax.Array] | None = None
+    test_metrics: Callable[[jax.Array], dict[str, jax.Array]] | None = None
+    metric: str | None = None
+    metric_maximize: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Task(Protocol):
+    """Anything with ``bind(network) -> BoundTask``."""
+
+    def bind(self, network: Network) -> BoundTask: ...
+
+
+@dataclass(frozen=True, eq=False)
+class FunctionTask:
+    """A custom task: ``fitness(key, member) -> scalar`` against the user's own model.
+
+    Args:
+      fitness: the per-member objective; ``member`` is the user's structure (an NNX module, a
+        linen variables dict or a TrainState).
+      maximize: ``True`` when larger fitness is better (returns, accuracy).
+      test_metrics: optional ``test_metrics(member) -> {name: scalar}``.
+      metric: the headline key of ``test_metrics``.
+      metric_maximize: whether larger values of ``metric`` are better.
+    """
+
+    fitness: Callable[[jax.Array, Any], jax.Array]
+    maximize: bool = False
+    test_metrics: Callable[[Any], dict[str, jax.Array]] | None = None
+    metric: str | None = None
+    metric_maximize: bool = True
+
+    def bind(self, network: Network) -> BoundTask:
+        fit, tm = self.fitness, self.test_metrics
+        return BoundTask(
+            fitness=lambda key, theta: fit(key, network.member(theta)),
+            maximize=self.maximize,
+            test_metrics=None if tm is None else (lambda theta: tm(network.member(theta))),
+            metric=self.metric,
+            metric_maximize=self.metric_maximize,
+        )
+
+
+def as_task(task: Any, maximize: bool | None = None) -> Task:
+    """A :class:`Task` from a task object or a plain ``fitness(key, member)`` callable.
+
+    ``maximize`` is required for a plain callable (there is no safe default for an unknown
+    objective) and, for a task object, must agree with the task's own sense if given.
+    """
+    if isinstance(task, Task):
+        own = getattr(task, "maximize", None)
+        if maximize is not None and own is not None and bool(own) != bool(maximize):
+            raise ValueError(
+                f"maximize={maximize} contradicts the task, which says maximize={own}"
+            )
+        return task
+    if callable(task):
+        if maximize is None:
+            raise ValueError(
+                "a fitness function needs its objective sense: pass maximize=True (returns, "
+                "accuracy) or maximize=False (losses)"
+            )
+        return FunctionTask(task, maximize=bool(maximize))
+    raise TypeError(
+        f"task must be a Task (with bind(network)) or a fitness(key, member) callable; got "
+        f"{type(task).__name__}"
+    )

@@ -1,0 +1,176 @@
+"""Supervised classification and regression on in-memory arrays.
+
+Each generation one minibatch is drawn inside the jitted step (with replacement, from the
+shared evaluation key, so every member sees the same examples) and the fitness is the
+minibatch loss, minimised. Test metrics use the whole test set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from evojax_nets.nets import Network
+from evojax_nets.tasks.base import BoundTask
+from evojax_nets.tasks.datasets import Dataset
+
+
+@dataclass(frozen=True, eq=False)
+class Supervised:
+    """A supervised task.
+
+    Args:
+      x_train, y_train: training inputs and targets (class indices for classification).
+      x_test, y_test: held-out data for the test metrics; default to the training data.
+      kind: ``"classification"`` (cross-entropy loss, accuracy) or ``"regression"`` (mean
+        squared error).
+      batch_size: examples per generation; ``None`` uses the whole training set.
+      num_classes: for classification; inferred from the network's output width if omitted.
+
+    Example:
+      >>> from evojax_nets.tasks import Supervised, load_digits
+      >>> task = Supervised.from_dataset(load_digits(), batch_size=256)
+    """
+
+    x_train: jax.Array
+    y_train: jax.Array
+    x_test: jax.Array | None = None
+    y_test: jax.Array | None = None
+    kind: Literal["classification", "regression"] = "classification"
+    batch_size: int | None = 256
+    num_classes: int | None = None
+    maximize: bool = field(default=False, init=False)
+
+    @classmethod
+    def from_dataset(cls, dataset: Dataset, batch_size: int | None = 256) -> Supervised:
+        """A classification task over a :class:`~evojax_nets.tasks.datasets.Dataset`."""
+        return cls(
+            dataset.x_train,
+            dataset.y_train,
+            dataset.x_test,
+            dataset.y_test,
+            kind="classification",
+            batch_size=batch_size,
+            num_classes=dataset.num_classes,
+        )
+
+    def _validate(self, network: Network) -> tuple[int, ...]:
+        if self.kind not in ("classification", "regression"):
+            raise ValueError(f"kind must be 'classification' or 'regression', got {self.kind!r}")
+        xs = [("x_train", self.x_train, "y_train", self.y_train)]
+        if self.x_test is not None or self.y_test is not None:
+            if self.x_test is None or self.y_test is None:
+                raise ValueError("give both x_test and y_test, or neither")
+            xs.append(("x_test", self.x_test, "y_test", self.y_test))
+        for xn, x, yn, y in xs:
+            if np.shape(x)[0] != np.shape(y)[0]:
+                raise ValueError(
+                    f"{xn} has {np.shape(x)[0]} examples but {yn} has {np.shape(y)[0]}"
+                )
+            if np.shape(x)[0] == 0:
+                raise ValueError(f"{xn} is empty")
+        n = np.shape(self.x_train)[0]
+        if self.batch_size is not None and not (
+            isinstance(self.batch_size, int) and 0 < self.batch_size
+        ):
+            raise ValueError(f"batch_size must be a positive int or None, got {self.batch_size!r}")
+        example = jax.ShapeDtypeStruct((2, *np.shape(self.x_train)[1:]), jnp.float32)
+        try:
+            out = jax.eval_shape(network.apply, network.theta0, example)
+        except Exception as err:  # the user's model rejected the shape
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(
+                f"x_train examples of shape {tuple(np.shape(self.x_train)[1:])} do not fit the "
+                f"network ({network.kind}, {network.num_params:,} parameters): {first}"
+            ) from None
+        if self.x_test is not None and np.shape(self.x_test)[1:] != np.shape(self.x_train)[1:]:
+            raise ValueError(
+                f"x_test examples have shape {np.shape(self.x_test)[1:]}, x_train examples "
+                f"{np.shape(self.x_train)[1:]}"
+            )
+        if self.kind == "classification":
+            if out.ndim != 2:
+                raise ValueError(
+                    f"for classification the network must output (batch, num_classes) logits; "
+                    f"it outputs shape {out.shape} for a batch of 2"
+                )
+            width = out.shape[-1]
+            num_classes = width if self.num_classes is None else self.num_classes
+            if num_classes > width:
+                raise ValueError(
+                    f"num_classes={num_classes} but the network outputs only {width} logits"
+                )
+            for name, y in (("y_train", self.y_train), ("y_test", self.y_test)):
+                if y is None:
+                    continue
+                y = np.asarray(y)
+                if not np.issubdtype(y.dtype, np.integer):
+                    raise ValueError(f"{name} must hold integer class labels, got dtype {y.dtype}")
+                if y.ndim != 1:
+                    raise ValueError(f"{name} must be a vector of labels, got shape {y.shape}")
+                lo, hi = int(y.min()), int(y.max())
+                if lo < 0 or hi >= num_classes:
+                    raise ValueError(
+                        f"{name} holds labels in [{lo}, {hi}], but valid labels are 0 to "
+                        f"{num_classes - 1} (the network has {width} outputs)"
+                    )
+        else:
+            target = np.shape(self.y_train)[1:]
+            if out.shape[1:] != target and not (out.shape[1:] == (1,) and target == ()):
+                raise ValueError(
+                    f"y_train targets have shape {target} per example, but the network outputs "
+                    f"{out.shape[1:]}"
+                )
+        return out.shape
+
+    def bind(self, network: Network) -> BoundTask:
+        self._validate(network)
+        x_tr = jnp.asarray(self.x_train, jnp.float32)
+        y_tr = jnp.asarray(self.y_train)
+        x_te = x_tr if self.x_test is None else jnp.asarray(self.x_test, jnp.float32)
+        y_te = y_tr if self.y_test is None else jnp.asarray(self.y_test)
+        n = x_tr.shape[0]
+        batch = self.batch_size
+        classify = self.kind == "classification"
+        if not classify:
+            y_tr, y_te = y_tr.astype(jnp.float32), y_te.astype(jnp.float32)
+
+        def loss_on(theta: jax.Array, x: jax.Array, y: jax.Array) -> jax.Array:
+            out = network.apply(theta, x)
+            if classify:
+                return optax.softmax_cross_entropy_with_integer_labels(out, y).mean()
+            return jnp.mean((out.reshape(y.shape) - y) ** 2)
+
+        def sample(key: jax.Array) -> tuple[jax.Array, jax.Array]:
+            if batch is None or batch >= n:
+                return x_tr, y_tr
+            idx = jax.random.randint(key, (batch,), 0, n)
+            return x_tr[idx], y_tr[idx]
+
+        def loss(key: jax.Array, theta: jax.Array) -> jax.Array:
+            x, y = sample(key)
+            return loss_on(theta, x, y)
+
+        def test_metrics(theta: jax.Array) -> dict[str, jax.Array]:
+            out = network.apply(theta, x_te)
+            if classify:
+                return {
+                    "accuracy": jnp.mean(jnp.argmax(out, -1) == y_te),
+                    "loss": optax.softmax_cross_entropy_with_integer_labels(out, y_te).mean(),
+                }
+            return {"mse": jnp.mean((out.reshape(y_te.shape) - y_te) ** 2)}
+
+        return BoundTask(
+            fitness=loss,
+            maximize=False,
+            loss=loss,
+            test_metrics=test_metrics,
+            metric="accuracy" if classify else "mse",
+            metric_maximize=classify,
+            extra={"sample": sample, "loss_on": loss_on},
+        )
