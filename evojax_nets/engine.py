@@ -450,7 +450,7 @@ class Evolution:
             rows = []
             for j in range(n):
                 row = {"generation": first_gen + j + 1}
-                row.update({k: float(np.asarray(v)[j]) for k, v in metrics.items()})
+                row.update({k: np.asarray(v)[j].item() for k, v in metrics.items()})
                 row["evaluations"] = evals - (n - 1 - j) * self.population_size
                 rows.append(row)
             rows[-1].update(test)

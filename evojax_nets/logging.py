@@ -1,0 +1,136 @@
+"""Host-side callbacks run between scanned chunks: progress bar, metric files, plots.
+
+Each is a :class:`~evojax_nets.engine.Callback`; anything else (Weights & Biases, MLflow) is a
+few lines::
+
+    class WandbLogger(Callback):
+        def on_chunk(self, evolution, state, rows):
+            for row in rows:
+                wandb.log(row, step=row["generation"])
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from evojax_nets.engine import Callback, Evolution, EvolutionState, History
+
+
+class ProgressBar(Callback):
+    """A tqdm bar over generations showing best and mean fitness, the headline test metric
+    and generations per second. ``disable=None`` hides it when output is not a terminal."""
+
+    def __init__(self, disable: bool | None = None, desc: str = "evolving"):
+        self.disable = disable
+        self.desc = desc
+        self._bar: Any = None
+
+    def on_start(self, evolution: Evolution, state: EvolutionState, num_generations: int) -> None:
+        from tqdm.auto import tqdm
+
+        self._bar = tqdm(
+            total=num_generations, desc=self.desc, unit="gen", disable=self.disable, leave=True
+        )
+
+    def on_chunk(self, evolution: Evolution, state: EvolutionState, rows: list[dict]) -> None:
+        last = rows[-1]
+        post = {"best": f"{last['best_so_far']:.4g}", "mean": f"{last['mean_fitness']:.4g}"}
+        metric = evolution.task.metric
+        if metric and f"test_{metric}_mean" in last:
+            post[f"test_{metric}"] = f"{last[f'test_{metric}_mean']:.4f}"
+        self._bar.set_postfix(post, refresh=False)
+        self._bar.update(len(rows))
+
+    def on_end(self, evolution: Evolution, state: EvolutionState, history: History) -> None:
+        self._bar.close()
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return value
+
+
+class MetricWriter(Callback):
+    """Append every generation's metrics to a JSONL (``.jsonl``) or CSV (``.csv``) file.
+
+    Rows are flushed at every chunk, so a crashed run keeps what it logged. JSON has no NaN:
+    missing values are written as ``null``, infinities as the strings ``"inf"``/``"-inf"``.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if self.path.suffix not in (".jsonl", ".csv"):
+            raise ValueError(f"path must end in .jsonl or .csv, got {self.path.name!r}")
+        self._columns: list[str] | None = None
+
+    def on_start(self, evolution: Evolution, state: EvolutionState, num_generations: int) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("")
+        self._columns = None
+
+    def on_chunk(self, evolution: Evolution, state: EvolutionState, rows: list[dict]) -> None:
+        with self.path.open("a", newline="") as f:
+            if self.path.suffix == ".jsonl":
+                for row in rows:
+                    f.write(json.dumps({k: _clean(v) for k, v in row.items()}) + "\n")
+                return
+            if self._columns is None:
+                keys = dict.fromkeys(k for row in rows for k in row)
+                self._columns = list(keys)
+                csv.writer(f).writerow(self._columns)
+            writer = csv.writer(f)
+            for row in rows:
+                writer.writerow(["" if row.get(c) is None else row.get(c, "") for c in self._columns])
+
+
+def plot_history(history: History, path: str | os.PathLike | None = None, metric: str | None = None):
+    """Learning curves: fitness (best of generation, best so far, mean) against generations,
+    and the test metric of the best member and of the mean against wall time.
+
+    Writes a PNG when ``path`` is given; returns the matplotlib figure (shown inline in
+    notebooks).
+    """
+    import matplotlib
+
+    if path is not None:
+        matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    gens = history.column("generation")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    ax = axes[0]
+    ax.plot(gens, history.column("mean_fitness"), label="mean of generation", alpha=0.7)
+    ax.plot(gens, history.column("best_fitness"), label="best of generation", alpha=0.7)
+    ax.plot(gens, history.column("best_so_far"), label="best so far", color="k")
+    ax.set_xlabel("generation")
+    ax.set_ylabel("fitness")
+    ax.set_title("fitness")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    ax = axes[1]
+    if metric is None:
+        names = [k for k in history.last if k.startswith("test_") and k.endswith("_mean")]
+        metric = names[0][len("test_") : -len("_mean")] if names else None
+    if metric is not None:
+        rows = [r for r in history.rows if f"test_{metric}_mean" in r]
+        wall = [r["wall_time"] for r in rows]
+        ax.plot(wall, [r[f"test_{metric}_mean"] for r in rows], "o-", label="mean")
+        ax.plot(wall, [r[f"test_{metric}_best"] for r in rows], "s--", label="best member")
+        ax.set_xlabel("wall time (s, compilation included)")
+        ax.set_ylabel(f"test {metric}")
+        ax.set_title(f"test {metric}")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    else:
+        ax.set_axis_off()
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+    return fig
