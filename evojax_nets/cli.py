@@ -57,12 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="evolve an MLP on scikit-learn's digits (the embedded default)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    run.add_argument("--strategy", default="open_es", help="evosax strategy name, e.g. snes, pgpe, ga")
+    run.add_argument(
+        "--strategy", default="open_es", help="evosax strategy name, e.g. snes, pgpe, ga"
+    )
     run.add_argument("--population", type=_positive_int, default=256, help="population size")
     run.add_argument("--generations", type=_positive_int, default=300, help="generations")
     run.add_argument("--seed", type=int, default=0, help="PRNG seed")
     run.add_argument("--out", type=Path, default=Path("runs/digits"), help="output folder")
-    run.add_argument("--batch-size", type=_positive_int, default=256, help="examples per generation")
+    run.add_argument(
+        "--batch-size", type=_positive_int, default=256, help="examples per generation"
+    )
     run.add_argument("--hidden", type=_widths, default=(64, 64), help="hidden layer widths")
     run.add_argument("--std", type=_positive_float, default=0.05, help="initial search std")
     run.add_argument(
@@ -150,7 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         print(
             f"test accuracy {summary['test_accuracy']:.4f} ({summary['solution']}) | "
-            f"wall time {summary['wall_time_s']:.1f} s (compile {summary['compile_time_s']:.1f} s) | "
+            f"wall time {summary['wall_time_s']:.1f} s "
+            f"(compile {summary['compile_time_s']:.1f} s) | "
             f"{summary['generations_per_s']:.1f} generations/s | outputs in {summary['output']}"
         )
     return 0
