@@ -6,7 +6,8 @@ OpenAI-ES, population 256. It shows a progress bar and writes to the output fold
 * ``metrics.jsonl`` (or ``metrics.csv``): one row per generation;
 * ``curve.png``: fitness and test accuracy curves;
 * ``params.npz``: the solution's parameters, one array per parameter path, plus ``theta``;
-* ``summary.json``: what is printed at the end.
+* ``summary.json``: what is printed at the end;
+* ``checkpoints/``: with ``--checkpoint-every N``; ``--resume`` continues from the latest.
 """
 
 from __future__ import annotations
@@ -74,6 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--chunk-size", type=_positive_int, default=50, help="generations per scan")
     run.add_argument("--format", choices=("jsonl", "csv"), default="jsonl", help="metrics file")
+    run.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=0,
+        help="save a checkpoint to OUT/checkpoints every N generations (0: only with --resume)",
+    )
+    run.add_argument(
+        "--resume", action="store_true", help="continue from the latest checkpoint in OUT"
+    )
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 
@@ -95,7 +105,8 @@ def run_default(args: argparse.Namespace) -> dict:
     import jax
     from flax import nnx
 
-    from evojax_nets.engine import Evolution
+    from evojax_nets.checkpoint import Checkpointer, resume
+    from evojax_nets.engine import Evolution, History
     from evojax_nets.logging import MetricWriter, ProgressBar, plot_history
     from evojax_nets.models import MLP
     from evojax_nets.tasks import Supervised, load_digits
@@ -112,15 +123,31 @@ def run_default(args: argparse.Namespace) -> dict:
     )
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    callbacks = [MetricWriter(out / f"metrics.{args.format}")]
+    callbacks = [MetricWriter(out / f"metrics.{args.format}", append=args.resume)]
     if not args.no_progress:
         callbacks.insert(0, ProgressBar(desc=f"{evolution.strategy.name} P={args.population}"))
-    state = evolution.init(jax.random.key(args.seed))
+    ckpt_dir = out / "checkpoints"
+    if args.checkpoint_every < 0:
+        raise ValueError(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
+    if args.checkpoint_every or args.resume:
+        every = args.checkpoint_every or args.chunk_size
+        callbacks.append(Checkpointer(ckpt_dir, every=every, keep=3))
+    earlier = []
+    if args.resume:
+        state, previous = resume(evolution, ckpt_dir)
+        earlier = previous.rows
+    else:
+        state = evolution.init(jax.random.key(args.seed))
+    left = args.generations - int(state.generation)
+    if left < 1:
+        raise ValueError(
+            f"the checkpoint is at generation {int(state.generation)}; ask for more "
+            f"--generations than that to continue"
+        )
     t_run = time.perf_counter()
-    state, history = evolution.run(
-        state, args.generations, chunk_size=args.chunk_size, callbacks=callbacks
-    )
+    state, history = evolution.run(state, left, chunk_size=args.chunk_size, callbacks=callbacks)
     run_s = time.perf_counter() - t_run
+    history = History(rows=[*earlier, *history.rows])
     theta = evolution.solution_theta(state)
     test = {k: float(v) for k, v in evolution.task.test_metrics(theta).items()}
     plot_history(history, out / "curve.png", metric="accuracy")
@@ -137,7 +164,7 @@ def run_default(args: argparse.Namespace) -> dict:
         "wall_time_s": time.perf_counter() - _T_START,
         "run_time_s": run_s,
         "compile_time_s": compile_s,
-        "generations_per_s": args.generations / max(run_s - compile_s, 1e-9),
+        "generations_per_s": left / max(run_s - compile_s, 1e-9),
         "output": str(out),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -145,11 +172,13 @@ def run_default(args: argparse.Namespace) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from evojax_nets.checkpoint import CheckpointError
+
     args = build_parser().parse_args(argv)
     if args.command == "run":
         try:
             summary = run_default(args)
-        except (ValueError, TypeError, MemoryError) as err:
+        except (ValueError, TypeError, MemoryError, CheckpointError) as err:
             print(f"evojax-nets: error: {err}", file=sys.stderr)
             return 2
         print(

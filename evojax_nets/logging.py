@@ -61,18 +61,24 @@ class MetricWriter(Callback):
 
     Rows are flushed at every chunk, so a crashed run keeps what it logged. JSON has no NaN:
     missing values are written as ``null``, infinities as the strings ``"inf"``/``"-inf"``.
+    ``append=True`` continues an existing file (a resumed run).
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, append: bool = False):
         self.path = Path(path)
+        self.append = append
         if self.path.suffix not in (".jsonl", ".csv"):
             raise ValueError(f"path must end in .jsonl or .csv, got {self.path.name!r}")
         self._columns: list[str] | None = None
 
     def on_start(self, evolution: Evolution, state: EvolutionState, num_generations: int) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text("")
         self._columns = None
+        if not (self.append and self.path.exists()):
+            self.path.write_text("")
+        elif self.path.suffix == ".csv":
+            with self.path.open(newline="") as f:
+                self._columns = next(csv.reader(f), None)
 
     def on_chunk(self, evolution: Evolution, state: EvolutionState, rows: list[dict]) -> None:
         with self.path.open("a", newline="") as f:
@@ -86,10 +92,14 @@ class MetricWriter(Callback):
                 csv.writer(f).writerow(self._columns)
             writer = csv.writer(f)
             for row in rows:
-                writer.writerow(["" if row.get(c) is None else row.get(c, "") for c in self._columns])
+                writer.writerow(
+                    ["" if row.get(c) is None else row.get(c, "") for c in self._columns]
+                )
 
 
-def plot_history(history: History, path: str | os.PathLike | None = None, metric: str | None = None):
+def plot_history(
+    history: History, path: str | os.PathLike | None = None, metric: str | None = None
+):
     """Learning curves: fitness (best of generation, best so far, mean) against generations,
     and the test metric of the best member and of the mean against wall time.
 
