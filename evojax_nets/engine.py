@@ -30,6 +30,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from evojax_nets.nets import Network, as_network
 from evojax_nets.ops import Members, OpContext, PopulationOp, chain
+from evojax_nets.sharding import population_mesh
 from evojax_nets.strategies import (
     DEFAULT_LEARNING_RATE,
     DEFAULT_STD,
@@ -168,7 +169,9 @@ class Evolution:
         strategies; default: the network's initialisation plus ``std`` Gaussian noise. To start
         from the network's own initialiser, ravel fresh initialisations, for example
         ``lambda key, P: jax.vmap(lambda k: ravel(init(k)))(jax.random.split(key, P))``.
-      mesh: a mesh with an axis ``"pop"``: the population is sharded over it for evaluation.
+      mesh: ``True`` to shard the population over all devices, or a mesh with an axis
+        ``"pop"`` (see :func:`~evojax_nets.sharding.population_mesh`); the population size
+        must be a multiple of that axis's size.
       max_state_bytes: memory allowed for the strategy state (default: half the machine).
 
     Example:
@@ -199,7 +202,7 @@ class Evolution:
         strategy_params: dict | None = None,
         ops: PopulationOp | Sequence[PopulationOp] | None = None,
         population_init: PopulationInit | None = None,
-        mesh: Mesh | None = None,
+        mesh: Mesh | bool | None = None,
         max_state_bytes: int | None = None,
     ):
         adapter_kwargs = {} if filter is None else {"filter": filter}
@@ -227,8 +230,10 @@ class Evolution:
         self.population_init = population_init or gaussian_population_init(
             self.network.theta0, std
         )
-        self.mesh = mesh
-        if mesh is not None:
+        if mesh is True:
+            mesh = population_mesh()
+        self.mesh = None if mesh is None or mesh is False else mesh
+        if self.mesh is not None:
             if "pop" not in mesh.axis_names:
                 raise ValueError(f"mesh must have an axis named 'pop'; it has {mesh.axis_names}")
             n = mesh.shape["pop"]
