@@ -3,11 +3,13 @@
 One generation::
 
     key -> (key, k_ask, k_ops, k_eval, k_tell)
+    ops.before_ask(strategy_state)                                     [identity by default]
     strategy.ask(k_ask)                  -> population (P, D)          [evosax, flat]
     ops.apply(k_ops, Members(pop, pop))  -> genome, phenotype          [identity by default]
     vmap(task.fitness)(k_eval, phenotype) -> fitness (P,)              [task's own sense]
     minimise: negate once if the task maximises; non-finite -> worst finite + margin
     strategy.tell(k_tell, genome, fitness)
+    ops.after_tell(strategy_state)                                     [identity by default]
 
 ``Evolution.run`` compiles a chunk of ``chunk_size`` generations once, ahead of time, and calls
 the compiled executable for every chunk (a shorter last chunk runs the same executable with
@@ -25,9 +27,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from evojax_nets.lowmem import LowMemoryOpenES
 from evojax_nets.nets import Network, as_network
 from evojax_nets.ops import Members, OpContext, PopulationOp, chain
 from evojax_nets.sharding import population_mesh
@@ -40,6 +44,8 @@ from evojax_nets.strategies import (
 )
 from evojax_nets.tasks.base import BoundTask, as_task
 from evojax_nets.types import Genome, Population
+
+LOW_MEMORY_NAMES = ("low_memory_open_es", "lowmem_open_es", "lowmemoryopenes")
 
 PopulationInit = Callable[[jax.Array, int], Population]
 
@@ -173,6 +179,9 @@ class Evolution:
         ``"pop"`` (see :func:`~evojax_nets.sharding.population_mesh`); the population size
         must be a multiple of that axis's size.
       max_state_bytes: memory allowed for the strategy state (default: half the machine).
+      eval_batch_size: evaluate this many members at a time (``lax.map``) instead of the
+        whole population in one ``vmap``: peak memory then grows with the batch, not with P.
+        With ``strategy="low_memory_open_es"`` it also bounds the regenerated noise.
 
     Example:
       >>> from flax import nnx
@@ -204,6 +213,7 @@ class Evolution:
         population_init: PopulationInit | None = None,
         mesh: Mesh | bool | None = None,
         max_state_bytes: int | None = None,
+        eval_batch_size: int | None = None,
     ):
         adapter_kwargs = {} if filter is None else {"filter": filter}
         self.network: Network = as_network(model, variables, **adapter_kwargs)
@@ -212,24 +222,45 @@ class Evolution:
             raise TypeError(f"task.bind must return a BoundTask, got {type(bound).__name__}")
         self.task: BoundTask = bound
         self.maximize = bool(bound.maximize)
-        self.strategy: Strategy = make_strategy(
-            strategy,
-            population_size,
-            self.network.num_params,
-            std=std,
-            learning_rate=learning_rate,
-            strategy_kwargs=strategy_kwargs,
-            strategy_params=strategy_params,
-        )
+        if isinstance(strategy, str) and strategy.lower().replace("-", "_") in LOW_MEMORY_NAMES:
+            algo = LowMemoryOpenES(
+                population_size,
+                self.network.num_params,
+                std=std,
+                optimizer=optax.adam(learning_rate),
+                batch_size=eval_batch_size or 32,
+            )
+            self.strategy = Strategy(algo.name, algo, None, population_based=False)
+        else:
+            self.strategy = make_strategy(
+                strategy,
+                population_size,
+                self.network.num_params,
+                std=std,
+                learning_rate=learning_rate,
+                strategy_kwargs=strategy_kwargs,
+                strategy_params=strategy_params,
+            )
         check_memory(self.strategy, max_state_bytes)
+        if eval_batch_size is not None and not (
+            isinstance(eval_batch_size, int) and eval_batch_size >= 1
+        ):
+            raise ValueError(
+                f"eval_batch_size must be a positive int or None, got {eval_batch_size!r}"
+            )
+        self.eval_batch_size = eval_batch_size
+        self._implicit = isinstance(self.strategy.algorithm, LowMemoryOpenES)
+        if self._implicit and ops:
+            raise ValueError(
+                "ops need the population as a (P, D) array, which low_memory_open_es never "
+                "builds; use open_es with eval_batch_size instead"
+            )
         if ops is None:
             ops = ()
         self.ops: PopulationOp = chain(*ops) if not isinstance(ops, PopulationOp) else ops
         self.population_size = self.strategy.population_size
         self.std = std
-        self.population_init = population_init or gaussian_population_init(
-            self.network.theta0, std
-        )
+        self.population_init = population_init or gaussian_population_init(self.network.theta0, std)
         if mesh is True:
             mesh = population_mesh()
         self.mesh = None if mesh is None or mesh is False else mesh
@@ -255,7 +286,14 @@ class Evolution:
             population = jax.lax.with_sharding_constraint(
                 population, NamedSharding(self.mesh, PartitionSpec("pop"))
             )
-        fitness = jax.vmap(self.task.fitness, in_axes=(None, 0))(key, population)
+        if self.eval_batch_size is None:
+            fitness = jax.vmap(self.task.fitness, in_axes=(None, 0))(key, population)
+        else:
+            fitness = jax.lax.map(
+                lambda theta: self.task.fitness(key, theta),
+                population,
+                batch_size=self.eval_batch_size,
+            )
         if self.mesh is not None:
             fitness = jax.lax.with_sharding_constraint(
                 fitness, NamedSharding(self.mesh, PartitionSpec())
@@ -308,7 +346,9 @@ class Evolution:
             sstate = algo.init(k_init, means, params)
         else:
             sstate = algo.init(k_init, theta0, params)
-        op_state = self.ops.init(k_ops, jnp.broadcast_to(theta0, (self.population_size, theta0.shape[0])))
+        op_state = self.ops.init(
+            k_ops, jnp.broadcast_to(theta0, (self.population_size, theta0.shape[0]))
+        )
         return canonicalize(
             EvolutionState(
                 strategy_state=sstate,
@@ -325,19 +365,35 @@ class Evolution:
     def _generation(self, state: EvolutionState) -> tuple[EvolutionState, dict[str, jax.Array]]:
         algo, params = self.strategy.algorithm, self.strategy.params
         key, k_ask, k_ops, k_eval, k_tell = jax.random.split(state.key, 5)
-        population, sstate = algo.ask(k_ask, state.strategy_state, params)
-        members = Members(genome=population, phenotype=population)
-        members, op_state = self.ops.apply(
-            k_ops, members, state.op_state, self._context(state.generation)
-        )
-        raw = self._to_min(self.evaluate(k_eval, members.phenotype))
-        fitness, finite = sanitize_fitness(raw)
-        sstate, _ = algo.tell(k_tell, members.genome, fitness, sstate, params)
+        if self._implicit:
+            # The population is never materialised: members are regenerated from their keys.
+            sstate = algo.ask(k_ask, state.strategy_state)
+            fit = self.task.fitness
+            raw = self._to_min(algo.map_members(lambda th: fit(k_eval, th), sstate))
+            fitness, finite = sanitize_fitness(raw)
+            op_state = state.op_state
+            member = lambda i: algo.member(sstate, i)
+            sstate = algo.tell(fitness, sstate)
+        else:
+            # The hooks' keys derive from k_ops, so runs without hooks keep their key stream.
+            k_before, k_after = jax.random.split(jax.random.fold_in(k_ops, 1))
+            ctx = self._context(state.generation)
+            sstate, op_state = self.ops.before_ask(
+                k_before, state.strategy_state, state.op_state, ctx
+            )
+            population, sstate = algo.ask(k_ask, sstate, params)
+            members = Members(genome=population, phenotype=population)
+            members, op_state = self.ops.apply(k_ops, members, op_state, ctx)
+            raw = self._to_min(self.evaluate(k_eval, members.phenotype))
+            fitness, finite = sanitize_fitness(raw)
+            member = lambda i: members.phenotype[i]
+            sstate, _ = algo.tell(k_tell, members.genome, fitness, sstate, params)
+            sstate, op_state = self.ops.after_tell(k_after, sstate, op_state, ctx)
 
         masked = jnp.where(finite, fitness, jnp.inf)
         i = jnp.argmin(masked)
         improved = masked[i] < state.best_fitness
-        best_theta = jnp.where(improved, members.phenotype[i], state.best_theta)
+        best_theta = jnp.where(improved, member(i), state.best_theta)
         best_fitness = jnp.where(improved, masked[i], state.best_fitness)
         n_finite = jnp.sum(finite)
         mean_min = jnp.sum(jnp.where(finite, raw, 0.0)) / jnp.maximum(n_finite, 1)
@@ -392,9 +448,11 @@ class Evolution:
     def _chunk_fn(self, chunk_size: int) -> Callable:
         def chunk(state: EvolutionState, num_active: jax.Array):
             blank = jax.tree.map(
-                lambda s: jnp.full(s.shape, jnp.nan, s.dtype)
-                if jnp.issubdtype(s.dtype, jnp.floating)
-                else jnp.zeros(s.shape, s.dtype),
+                lambda s: (
+                    jnp.full(s.shape, jnp.nan, s.dtype)
+                    if jnp.issubdtype(s.dtype, jnp.floating)
+                    else jnp.zeros(s.shape, s.dtype)
+                ),
                 jax.eval_shape(self._generation, state)[1],
             )
 
@@ -410,9 +468,7 @@ class Evolution:
         if chunk_size in self._compiled:
             return self._compiled[chunk_size], 0.0
         t0 = time.perf_counter()
-        compiled = (
-            jax.jit(self._chunk_fn(chunk_size)).lower(state, jnp.int32(chunk_size)).compile()
-        )
+        compiled = jax.jit(self._chunk_fn(chunk_size)).lower(state, jnp.int32(chunk_size)).compile()
         self._compiled[chunk_size] = compiled
         return compiled, time.perf_counter() - t0
 

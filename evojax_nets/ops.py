@@ -10,6 +10,12 @@ strategy's ``ask`` and the evaluation:
 handed back to the strategy's ``tell``) and ``phenotype`` (what is evaluated). They start as
 the same array. An operator that writes its result into both is Lamarckian; one that changes
 only the phenotype is Baldwinian. :func:`chain` composes operators left to right.
+
+Two optional hooks let an operator act on the strategy's own state, for gradients that must go
+where a distribution-based strategy expects them rather than into its samples:
+``before_ask(key, strategy_state, op_state, ctx)`` runs before ``ask`` and
+``after_tell(key, strategy_state, op_state, ctx)`` after ``tell``; both return
+``(strategy_state, op_state)`` and default to the identity.
 """
 
 from __future__ import annotations
@@ -48,15 +54,24 @@ class OpContext:
 
 InitFn = Callable[[jax.Array, Population], Any]
 ApplyFn = Callable[[jax.Array, Members, Any, OpContext], tuple[Members, Any]]
+HookFn = Callable[[jax.Array, Any, Any, OpContext], tuple[Any, Any]]
+
+
+def no_hook(key: jax.Array, strategy_state: Any, op_state: Any, ctx: OpContext) -> tuple[Any, Any]:
+    """The default ``before_ask`` / ``after_tell`` hook: changes nothing."""
+    return strategy_state, op_state
 
 
 @dataclass(frozen=True)
 class PopulationOp:
     """An operator on the population: ``init(key, population) -> state`` and
-    ``apply(key, members, state, ctx) -> (members, state)``."""
+    ``apply(key, members, state, ctx) -> (members, state)``; optionally hooks on the
+    strategy state, ``before_ask`` and ``after_tell`` (see the module docstring)."""
 
     init: InitFn
     apply: ApplyFn
+    before_ask: HookFn = no_hook
+    after_tell: HookFn = no_hook
 
 
 def identity() -> PopulationOp:
@@ -89,4 +104,20 @@ def chain(*ops: PopulationOp) -> PopulationOp:
             new_state.append(s)
         return members, tuple(new_state)
 
-    return PopulationOp(init=init, apply=apply)
+    def hook(name: str) -> HookFn:
+        if all(getattr(op, name) is no_hook for op in ops):
+            return no_hook
+
+        def run(key: jax.Array, strategy_state: Any, state: tuple, ctx: OpContext):
+            keys = jax.random.split(key, len(ops))
+            new_state = []
+            for op, k, s in zip(ops, keys, state, strict=True):
+                strategy_state, s = getattr(op, name)(k, strategy_state, s, ctx)
+                new_state.append(s)
+            return strategy_state, tuple(new_state)
+
+        return run
+
+    return PopulationOp(
+        init=init, apply=apply, before_ask=hook("before_ask"), after_tell=hook("after_tell")
+    )
