@@ -39,6 +39,7 @@ from evojax_nets.strategies import (
     DEFAULT_LEARNING_RATE,
     DEFAULT_STD,
     Strategy,
+    _available_memory_bytes,
     check_memory,
     make_strategy,
 )
@@ -143,6 +144,19 @@ class Callback:
         pass
 
 
+def _memory_of(compiled: Any) -> dict[str, int]:
+    analysis = compiled.memory_analysis()
+    if analysis is None:
+        return {"argument": -1, "output": -1, "temp": -1, "total": -1}
+    out = {
+        "argument": int(analysis.argument_size_in_bytes),
+        "output": int(analysis.output_size_in_bytes),
+        "temp": int(analysis.temp_size_in_bytes),
+    }
+    out["total"] = out["argument"] + out["output"] + out["temp"]
+    return out
+
+
 def gaussian_population_init(theta0: Genome, std: float) -> PopulationInit:
     """Initial population: the network's own initialisation (member 0) plus Gaussian noise."""
 
@@ -179,6 +193,8 @@ class Evolution:
         ``"pop"`` (see :func:`~evojax_nets.sharding.population_mesh`); the population size
         must be a multiple of that axis's size.
       max_state_bytes: memory allowed for the strategy state (default: half the machine).
+      max_memory_bytes: memory a compiled chunk may use (default: 80% of the machine's); a
+        run whose compiled program needs more is refused before it executes.
       eval_batch_size: evaluate this many members at a time (``lax.map``) instead of the
         whole population in one ``vmap``: peak memory then grows with the batch, not with P.
         With ``strategy="low_memory_open_es"`` it also bounds the regenerated noise.
@@ -214,6 +230,7 @@ class Evolution:
         mesh: Mesh | bool | None = None,
         max_state_bytes: int | None = None,
         eval_batch_size: int | None = None,
+        max_memory_bytes: int | None = None,
     ):
         adapter_kwargs = {} if filter is None else {"filter": filter}
         self.network: Network = as_network(model, variables, **adapter_kwargs)
@@ -249,6 +266,7 @@ class Evolution:
                 f"eval_batch_size must be a positive int or None, got {eval_batch_size!r}"
             )
         self.eval_batch_size = eval_batch_size
+        self.max_memory_bytes = max_memory_bytes
         self._implicit = isinstance(self.strategy.algorithm, LowMemoryOpenES)
         if self._implicit and ops:
             raise ValueError(
@@ -463,12 +481,40 @@ class Evolution:
 
         return chunk
 
+    def memory_estimate(self, chunk_size: int = 1) -> dict[str, int]:
+        """Bytes a compiled chunk needs (XLA's memory analysis), from shapes alone: nothing
+        is initialised or allocated. Keys: ``argument``, ``output``, ``temp``, ``total``."""
+        abstract = jax.eval_shape(self._init_fn, jax.random.key(0))
+        lowered = jax.jit(self._chunk_fn(chunk_size)).lower(abstract, jnp.int32(chunk_size))
+        return _memory_of(lowered.compile())
+
+    def _check_fits(self, compiled: Any) -> None:
+        need = _memory_of(compiled)
+        if need["total"] < 0:  # the backend gave no analysis
+            return
+        limit = self.max_memory_bytes
+        if limit is None:
+            limit = int(0.8 * _available_memory_bytes())
+        if need["total"] > limit:
+            p, d = self.population_size, self.network.num_params
+            hints = [f"eval_batch_size={max(1, p // 8)} (evaluate members in batches)"]
+            if not self.strategy.population_based:
+                hints.append("strategy='low_memory_open_es' (never holds the P x D population)")
+            hints.append("a diagonal strategy instead of a full-covariance one")
+            raise MemoryError(
+                f"this run needs about {need['total'] / 2**30:.2f} GiB per chunk "
+                f"(population {p:,} x {d:,} parameters; temporaries "
+                f"{need['temp'] / 2**30:.2f} GiB), more than the {limit / 2**30:.2f} GiB "
+                f"allowed (max_memory_bytes). Try: " + "; or ".join(hints)
+            )
+
     def compile(self, state: EvolutionState, chunk_size: int) -> tuple[Any, float]:
         """Compile (once per chunk size) the scanned chunk; returns it and the seconds spent."""
         if chunk_size in self._compiled:
             return self._compiled[chunk_size], 0.0
         t0 = time.perf_counter()
         compiled = jax.jit(self._chunk_fn(chunk_size)).lower(state, jnp.int32(chunk_size)).compile()
+        self._check_fits(compiled)
         self._compiled[chunk_size] = compiled
         return compiled, time.perf_counter() - t0
 

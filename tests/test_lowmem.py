@@ -86,3 +86,14 @@ def test_low_memory_es_learns_digits_through_the_engine() -> None:
     assert history.last["test_accuracy_mean"] > 0.3  # chance is 0.1
     with pytest.raises(ValueError, match="eval_batch_size"):
         _digits_evolution("open_es", eval_batch_size=0)
+
+
+def test_memory_estimate_refuses_a_run_that_will_not_fit() -> None:
+    small = _digits_evolution("open_es").memory_estimate()
+    chunked = _digits_evolution("open_es", eval_batch_size=4).memory_estimate()
+    lowmem = _digits_evolution("low_memory_open_es", eval_batch_size=4).memory_estimate()
+    assert 0 < lowmem["temp"] < small["temp"]
+    assert chunked["total"] > 0
+    tight = _digits_evolution("open_es", max_memory_bytes=small["total"] // 2)
+    with pytest.raises(MemoryError, match="max_memory_bytes.*eval_batch_size"):
+        tight.run(tight.init(jax.random.key(0)), 2)
