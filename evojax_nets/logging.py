@@ -144,3 +144,32 @@ def plot_history(
         fig.savefig(path, dpi=110)
         plt.close(fig)
     return fig
+
+
+class TensorBoardWriter(Callback):
+    """Write every generation's metrics as TensorBoard scalars (needs ``tensorboardX``:
+    ``pip install 'evojax_nets[tensorboard]'``). Non-finite values are skipped."""
+
+    def __init__(self, logdir: str | os.PathLike):
+        self.logdir = Path(logdir)
+        self._writer: Any = None
+
+    def on_start(self, evolution: Evolution, state: EvolutionState, num_generations: int) -> None:
+        try:
+            from tensorboardX import SummaryWriter
+        except ImportError as err:  # pragma: no cover - depends on the environment
+            raise ImportError(
+                "TensorBoardWriter needs tensorboardX: pip install 'evojax_nets[tensorboard]'"
+            ) from err
+        self._writer = SummaryWriter(str(self.logdir))
+
+    def on_chunk(self, evolution: Evolution, state: EvolutionState, rows: list[dict]) -> None:
+        for row in rows:
+            step = int(row["generation"])
+            for name, value in row.items():
+                if name != "generation" and isinstance(value, int | float) and math.isfinite(value):
+                    self._writer.add_scalar(name, value, step)
+        self._writer.flush()
+
+    def on_end(self, evolution: Evolution, state: EvolutionState, history: History) -> None:
+        self._writer.close()
