@@ -11,6 +11,8 @@ network in one step. :func:`make_strategy` therefore sets, unless told otherwise
   ARS, ESMC, Guided ES, ASEBO, Persistent ES, Noise-Reuse ES, SV-OpenAI-ES):
   ``optax.adam(learning_rate)`` with ``DEFAULT_LEARNING_RATE = 0.02``; natural-gradient
   strategies (SNES, xNES, SimpleES, DES) keep their step of 1.0, which is part of the algorithm;
+* xNES and iAMaLGaM, whose evosax initial shape / covariance matrix ignores ``std_init``,
+  are subclassed so their first samples are at scale ~``std`` too (see :class:`xNES`);
 * population-based strategies (GA, DE, PSO, ...) start from the network's own initialisation
   plus Gaussian noise of scale ``std`` (member 0 is the initialisation itself), or from the
   user's own initialiser (see :class:`evojax_nets.engine.Evolution`).
@@ -37,12 +39,15 @@ import jax.numpy as jnp
 import optax
 from evosax.algorithms import algorithms as _EVOSAX_ALGORITHMS
 from evosax.algorithms.base import EvolutionaryAlgorithm
-from evosax.algorithms.population_based.base import (
-    Params as _PopParams,
-    PopulationBasedAlgorithm,
-    State as _PopState,
-    metrics_fn as _pop_metrics_fn,
+from evosax.algorithms.distribution_based.iamalgam_full import iAMaLGaM_Full as _iAMaLGaM_Full
+from evosax.algorithms.distribution_based.iamalgam_univariate import (
+    iAMaLGaM_Univariate as _iAMaLGaM_Univariate,
 )
+from evosax.algorithms.distribution_based.xnes import xNES as _xNES
+from evosax.algorithms.population_based.base import Params as _PopParams
+from evosax.algorithms.population_based.base import PopulationBasedAlgorithm
+from evosax.algorithms.population_based.base import State as _PopState
+from evosax.algorithms.population_based.base import metrics_fn as _pop_metrics_fn
 from evosax.core.fitness_shaping import identity_fitness_shaping_fn
 from flax import struct
 
@@ -105,7 +110,9 @@ class DeepGA(PopulationBasedAlgorithm):
                 f"num_parents must be in [1, population_size={population_size}], got {num_parents}"
             )
         if not 0 <= num_elites <= num_parents:
-            raise ValueError(f"num_elites must be in [0, num_parents={num_parents}], got {num_elites}")
+            raise ValueError(
+                f"num_elites must be in [0, num_parents={num_parents}], got {num_elites}"
+            )
         self.num_parents = num_parents
         self.num_elites_kept = num_elites
         self._std = std
@@ -138,6 +145,52 @@ class DeepGA(PopulationBasedAlgorithm):
         return state.replace(population=population, fitness=fitness)
 
 
+class xNES(_xNES):
+    """evosax's xNES with the shape matrix ``B`` starting at ``I``.
+
+    evosax 0.3.2 starts ``B`` at ``std_init * I`` and samples ``mean + std * z @ B``, so the
+    initial search scale is ``std_init**2`` (0.0025 for ``std=0.05``) rather than
+    ``std_init``. Glasmachers et al. (2010), "Exponential Natural Evolution Strategies",
+    https://arxiv.org/abs/1106.4487, split ``A = sigma * B`` with ``det(B) = 1``.
+    """
+
+    def _init(self, key: jax.Array, params: Any) -> Any:
+        state = super()._init(key, params)
+        return state.replace(B=jnp.eye(self.num_dims))
+
+
+class iAMaLGaM_Full(_iAMaLGaM_Full):
+    """evosax's iAMaLGaM (full covariance) with the covariance starting at ``std**2 * I``.
+
+    evosax 0.3.2 starts the learned covariance ``C`` at ``I`` and samples from
+    ``C + std**2 I``, so the initial search scale is about 1 whatever ``std`` says, which
+    destroys network weights in one step. Starting ``C`` at the ``std_schedule``'s initial
+    scale keeps it invertible (the standard-deviation ratio needs ``C^-1``) and puts the first
+    samples at scale ``~sqrt(2) * std``.
+    """
+
+    def _init(self, key: jax.Array, params: Any) -> Any:
+        state = super()._init(key, params)
+        return state.replace(C=state.C * jnp.square(self.std_schedule(0)))
+
+
+class iAMaLGaM_Univariate(_iAMaLGaM_Univariate):
+    """evosax's univariate iAMaLGaM with the variances starting at ``std**2`` (see
+    :class:`iAMaLGaM_Full`; it samples with scale ``std + sqrt(C)``, so ``~2 * std``)."""
+
+    def _init(self, key: jax.Array, params: Any) -> Any:
+        state = super()._init(key, params)
+        return state.replace(C=state.C * jnp.square(self.std_schedule(0)))
+
+
+# evosax classes whose initial search scale ignores ``std`` (see each class), replaced by name.
+_SCALE_FIXED = {
+    "xNES": xNES,
+    "iAMaLGaM_Full": iAMaLGaM_Full,
+    "iAMaLGaM_Univariate": iAMaLGaM_Univariate,
+}
+
+
 def _norm(name: str) -> str:
     return name.lower().replace("_", "").replace("-", "").replace(" ", "")
 
@@ -158,7 +211,7 @@ _ALIASES = {
 def _registry() -> dict[str, type]:
     reg: dict[str, type] = {}
     for key, cls in _EVOSAX_ALGORITHMS.items():
-        reg[key] = cls
+        reg[key] = _SCALE_FIXED.get(key, cls)
     reg["DeepGA"] = DeepGA
     return reg
 
@@ -335,13 +388,18 @@ def make_strategy(
         try:
             algo = cls(population_size=population_size, solution=solution, **kwargs)
         except AssertionError as err:
+            # Name the population_size the user passed (SV strategies split it into groups).
+            total = population_size * num_means
+            groups = f" ({num_means} groups of {population_size})" if num_means > 1 else ""
             hint = (
-                f" ({name} samples antithetic pairs: use {population_size - 1} or "
-                f"{population_size + 1})"
+                f" ({name} samples antithetic pairs: use {total - num_means} or "
+                f"{total + num_means})"
                 if "even" in str(err)
                 else ""
             )
-            raise ValueError(f"population_size={population_size} is invalid for {name}: {err}{hint}") from None
+            raise ValueError(
+                f"population_size={total} is invalid for {name}{groups}: {err}{hint}"
+            ) from None
         params = algo.default_params
         fields = getattr(params, "__dataclass_fields__", {})
         if "std_init" in fields:
@@ -350,7 +408,8 @@ def make_strategy(
             params = params.replace(radius_max=std, radius_min=min(params.radius_min, std / 10))
     else:
         raise TypeError(
-            f"strategy must be a name or an evosax algorithm instance, got {type(strategy).__name__}"
+            "strategy must be a name or an evosax algorithm instance, got "
+            f"{type(strategy).__name__}"
         )
 
     if strategy_params:
@@ -358,7 +417,8 @@ def make_strategy(
         unknown = set(strategy_params) - set(fields)
         if unknown:
             raise ValueError(
-                f"strategy_params {sorted(unknown)} are not params of {name}; valid: {sorted(fields)}"
+                f"strategy_params {sorted(unknown)} are not params of {name}; "
+                f"valid: {sorted(fields)}"
             )
         params = params.replace(**strategy_params)
     num_means = getattr(algo, "num_populations", 1)

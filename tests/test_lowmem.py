@@ -95,5 +95,5 @@ def test_memory_estimate_refuses_a_run_that_will_not_fit() -> None:
     assert 0 < lowmem["temp"] < small["temp"]
     assert chunked["total"] > 0
     tight = _digits_evolution("open_es", max_memory_bytes=small["total"] // 2)
-    with pytest.raises(MemoryError, match="max_memory_bytes.*eval_batch_size"):
+    with pytest.raises(MemoryError, match=r"max_memory_bytes.*eval_batch_size"):
         tight.run(tight.init(jax.random.key(0)), 2)

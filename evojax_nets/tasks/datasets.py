@@ -94,7 +94,9 @@ def _find(folder: Path, stem: str, name: str) -> Path:
     )
 
 
-def load_idx_dataset(folder: str | os.PathLike, name: str = "mnist", flatten: bool = True) -> Dataset:
+def load_idx_dataset(
+    folder: str | os.PathLike, name: str = "mnist", flatten: bool = True
+) -> Dataset:
     """MNIST or Fashion-MNIST from the four standard IDX files in ``folder``.
 
     Both datasets use the same file names (``train-images-idx3-ubyte`` and so on, optionally

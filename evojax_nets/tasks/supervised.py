@@ -74,9 +74,8 @@ class Supervised:
                 )
             if np.shape(x)[0] == 0:
                 raise ValueError(f"{xn} is empty")
-        n = np.shape(self.x_train)[0]
         if self.batch_size is not None and not (
-            isinstance(self.batch_size, int) and 0 < self.batch_size
+            isinstance(self.batch_size, int) and self.batch_size > 0
         ):
             raise ValueError(f"batch_size must be a positive int or None, got {self.batch_size!r}")
         example = jax.ShapeDtypeStruct((2, *np.shape(self.x_train)[1:]), jnp.float32)
