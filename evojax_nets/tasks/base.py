@@ -34,15 +34,63 @@ class BoundTask:
       test_metrics: ``test_metrics(theta) -> {name: scalar}`` on held-out data (optional).
       metric: the name of the headline test metric (a key of ``test_metrics``).
       metric_maximize: whether larger values of ``metric`` are better.
+      init_state: makes the task *stateful* (optional): ``init_state(key) -> task_state``, a
+        pytree the engine carries in ``EvolutionState.task_state`` (for example running
+        observation statistics). A stateful task's functions take the state as a last
+        argument: ``fitness(key, theta, task_state) -> (fitness, aux)`` and
+        ``test_metrics(theta, task_state)``. The state is frozen within a generation.
+      update_state: ``update_state(task_state, aux) -> task_state``, called once per
+        generation with ``aux`` stacked over the population (leading axis ``P``).
+
+    The engine calls a task through :meth:`fitness_with_aux`, :meth:`fitness_fn`,
+    :meth:`test_metrics_fn` and :meth:`next_state`, which give stateless tasks the same shape
+    (``aux`` and the state are ``()``).
     """
 
-    fitness: Callable[[jax.Array, jax.Array], jax.Array]
+    fitness: Callable[..., Any]
     maximize: bool
     loss: Callable[[jax.Array, jax.Array], jax.Array] | None = None
-    test_metrics: Callable[[jax.Array], dict[str, jax.Array]] | None = None
+    test_metrics: Callable[..., dict[str, jax.Array]] | None = None
     metric: str | None = None
     metric_maximize: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+    init_state: Callable[[jax.Array], Any] | None = None
+    update_state: Callable[[Any, Any], Any] | None = None
+
+    @property
+    def stateful(self) -> bool:
+        """Whether the task carries state across generations (see ``init_state``)."""
+        return self.init_state is not None
+
+    def initial_state(self, key: jax.Array) -> Any:
+        """The task state a run starts from; ``()`` for a stateless task."""
+        return self.init_state(key) if self.init_state is not None else ()
+
+    def fitness_with_aux(self, task_state: Any = ()) -> Callable[[jax.Array, jax.Array], Any]:
+        """``f(key, theta) -> (fitness, aux)`` with the task state bound; ``aux`` is ``()`` for
+        a stateless task."""
+        if self.init_state is None:
+            fit = self.fitness
+            return lambda key, theta: (fit(key, theta), ())
+        return lambda key, theta: self.fitness(key, theta, task_state)
+
+    def fitness_fn(self, task_state: Any = ()) -> Callable[[jax.Array, jax.Array], jax.Array]:
+        """``f(key, theta) -> fitness`` with the task state bound."""
+        if self.init_state is None:
+            return self.fitness
+        return lambda key, theta: self.fitness(key, theta, task_state)[0]
+
+    def test_metrics_fn(self, task_state: Any = ()) -> Callable[[jax.Array], dict] | None:
+        """``test_metrics(theta)`` with the task state bound, or ``None``."""
+        if self.test_metrics is None or self.init_state is None:
+            return self.test_metrics
+        return lambda theta: self.test_metrics(theta, task_state)
+
+    def next_state(self, task_state: Any, aux: Any) -> Any:
+        """The task state after a generation whose members returned ``aux`` (stacked)."""
+        if self.update_state is None:
+            return task_state
+        return self.update_state(task_state, aux)
 
 
 @runtime_checkable
@@ -91,9 +139,7 @@ def as_task(task: Any, maximize: bool | None = None) -> Task:
     if isinstance(task, Task):
         own = getattr(task, "maximize", None)
         if maximize is not None and own is not None and bool(own) != bool(maximize):
-            raise ValueError(
-                f"maximize={maximize} contradicts the task, which says maximize={own}"
-            )
+            raise ValueError(f"maximize={maximize} contradicts the task, which says maximize={own}")
         return task
     if callable(task):
         if maximize is None:
