@@ -1,0 +1,941 @@
+"""Architecture evolution by masking: a population of different networks as one XLA program.
+
+Depth, the width of every layer (channels for a CNN) and the activation of every layer are
+genes. Every member holds the weights of the *largest* network of the search space; its genes
+mask them: units beyond a layer's width output zero, layers beyond the depth pass their input
+through unchanged, and a per-layer activation index selects the nonlinearity. Members with
+different architectures therefore have the same array shapes and train, evaluate and copy as
+one ``vmap``ped program. The masked member computes exactly what the dense network of its
+chosen sizes computes with the corresponding slices of its weights, which is how
+:meth:`MLPSpace.export` hands back a real, unmasked NNX module.
+
+The genes evolve with population-based training (:mod:`evojax_nets.pbt`, Jaderberg et al.
+2017, https://arxiv.org/abs/1711.09846) while the weights train by gradient steps in the same
+compiled loop: every ``ready`` steps the bottom quantile copies a top member's weights,
+optimizer state and genes *together* (a copied architecture always arrives with the weights
+trained under it), then mutates a few genes (depth +-1, a width to its neighbouring size, a
+new activation). This is the Lamarckian weight inheritance of Real et al. (2017), "Large-Scale
+Evolution of Image Classifiers", https://arxiv.org/abs/1703.01041, with truncation selection
+as in the Deep-GA of Such et al. (2017), https://arxiv.org/abs/1712.06567, run synchronously.
+Units a mutation switches on start from their (never trained) initial weights. An optional size
+penalty (parameters or FLOPs, relative to the largest network) trades accuracy for size.
+
+Example::
+
+    space = MLPSpace(64, 10, max_depth=3, widths=(8, 16, 32, 64, 128))
+    search = ArchSearch(space, x_train, y_train, x_val, y_val, population_size=16,
+                        ready=100, size_penalty=0.01)
+    result = search.fit(jax.random.key(0), num_steps=3000)
+    result.module          # an nnx.Module of the chosen sizes, with its trained weights
+    result.architecture    # {'widths': [32], 'activations': ['relu']}
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from evojax_nets.pbt import (
+    PBT,
+    Choice,
+    PBTCallback,
+    PBTHistory,
+    PBTResult,
+    PBTState,
+    Space,
+    inject_hparams,
+    sample_batches,
+)
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": jax.nn.relu,
+    "tanh": jnp.tanh,
+    "gelu": jax.nn.gelu,
+    "silu": jax.nn.silu,
+    "elu": jax.nn.elu,
+    "sigmoid": jax.nn.sigmoid,
+    "identity": lambda x: x,
+}
+"""The activations a layer may choose, by name."""
+
+Genes = Mapping[str, Any]
+"""One member's architecture: ``{"depth": d, "width_0": w, ..., "act_0": i, ...}``."""
+
+
+def _select_activation(names: Sequence[str], index: jax.Array, z: jax.Array) -> jax.Array:
+    # Under vmap a per-member index becomes a select over every candidate: cheap next to the
+    # matmuls, and each candidate's gradient is finite everywhere, so no NaN leaks through.
+    out = ACTIVATIONS[names[0]](z)
+    for k, name in enumerate(names[1:], start=1):
+        out = jnp.where(index == k, ACTIVATIONS[name](z), out)
+    return out
+
+
+def _check_int(value: Any, name: str, low: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    return int(value)
+
+
+def _check_sizes(values: Any, name: str) -> tuple[int, ...]:
+    vals = tuple(values) if isinstance(values, Sequence) else ()
+    if not vals:
+        raise ValueError(f"{name} must be a non-empty sequence of positive ints, got {values!r}")
+    for v in vals:
+        _check_int(v, f"every entry of {name}")
+    if list(vals) != sorted(set(vals)):
+        raise ValueError(f"{name} must be increasing and distinct, got {vals}")
+    return tuple(int(v) for v in vals)
+
+
+def _check_activations(names: Any, distinct: bool = True) -> tuple[str, ...]:
+    vals = tuple(names) if isinstance(names, Sequence) and not isinstance(names, str) else ()
+    if not vals:
+        raise ValueError(f"activations must be a non-empty sequence of names, got {names!r}")
+    bad = [n for n in vals if n not in ACTIVATIONS]
+    if bad:
+        raise ValueError(f"unknown activations {bad}; valid: {sorted(ACTIVATIONS)}")
+    if distinct and len(set(vals)) != len(vals):
+        raise ValueError(f"activations must be distinct, got {vals}")
+    return vals
+
+
+def _concrete_genes(genes: Genes) -> dict[str, int]:
+    out = {}
+    for k, v in genes.items():
+        a = np.asarray(v)
+        if a.shape != ():
+            raise ValueError(
+                f"genes[{k!r}] must be one member's scalar, got shape {a.shape}; pick a member "
+                "first (for example {k: v[i] for k, v in hparams.items()})"
+            )
+        out[k] = int(a) if k.startswith(("depth", "width", "channels", "act")) else a.item()
+    return out
+
+
+# -- exported (unmasked) modules ------------------------------------------------------------
+
+
+class ArchMLP(nnx.Module):
+    """An MLP with its own width and activation per hidden layer (what :meth:`MLPSpace.export`
+    returns).
+
+    Example:
+      >>> m = ArchMLP(64, [32, 16], ["relu", "tanh"], 10, rngs=nnx.Rngs(0))
+      >>> m(jnp.ones((2, 64))).shape
+      (2, 10)
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        widths: Sequence[int],
+        activations: Sequence[str],
+        out_features: int,
+        *,
+        rngs: nnx.Rngs,
+    ):
+        if len(widths) != len(activations):
+            raise ValueError(
+                f"one activation per hidden layer: {len(widths)} widths, "
+                f"{len(activations)} activations"
+            )
+        _check_activations(activations, distinct=False)
+        sizes = [in_features, *widths]
+        self.hidden = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in itertools.pairwise(sizes)])
+        self.activations = tuple(activations)
+        self.head = nnx.Linear(sizes[-1], out_features, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for layer, name in zip(self.hidden, self.activations, strict=True):
+            x = ACTIVATIONS[name](layer(x))
+        return self.head(x)
+
+
+class ArchCNN(nnx.Module):
+    """A CNN: ``SAME`` convolutions with their own channels and activation per layer, then a
+    flatten (or global-mean) readout and a linear head (what :meth:`CNNSpace.export` returns).
+    Flat inputs are reshaped to ``input_shape``.
+
+    Example:
+      >>> m = ArchCNN((8, 8, 1), [4, 8], ["relu", "relu"], 10, rngs=nnx.Rngs(0))
+      >>> m(jnp.ones((2, 64))).shape
+      (2, 10)
+    """
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        channels: Sequence[int],
+        activations: Sequence[str],
+        out_features: int,
+        *,
+        kernel_size: int = 3,
+        readout: Literal["flatten", "mean"] = "flatten",
+        rngs: nnx.Rngs,
+    ):
+        if len(channels) != len(activations):
+            raise ValueError(
+                f"one activation per conv layer: {len(channels)} channels, "
+                f"{len(activations)} activations"
+            )
+        _check_activations(activations, distinct=False)
+        h, w, c = (int(s) for s in input_shape)
+        sizes = [c, *channels]
+        self.input_shape = (h, w, c)
+        self.convs = nnx.List(
+            [
+                nnx.Conv(a, b, (kernel_size, kernel_size), padding="SAME", rngs=rngs)
+                for a, b in itertools.pairwise(sizes)
+            ]
+        )
+        self.activations = tuple(activations)
+        self.readout = readout
+        fan_in = sizes[-1] * (h * w if readout == "flatten" else 1)
+        self.head = nnx.Linear(fan_in, out_features, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if x.ndim == 2:
+            x = x.reshape(x.shape[0], *self.input_shape)
+        for conv, name in zip(self.convs, self.activations, strict=True):
+            x = ACTIVATIONS[name](conv(x))
+        x = x.reshape(x.shape[0], -1) if self.readout == "flatten" else x.mean(axis=(1, 2))
+        return self.head(x)
+
+
+def _where(cond: Any, a: Any, b: Any) -> Any:
+    # Plain Python for concrete genes (export, reports: no device round trips), jnp when traced.
+    if all(isinstance(v, bool | int | np.integer | np.bool_) for v in (cond, a, b)):
+        return a if cond else b
+    return jnp.where(cond, a, b)
+
+
+def _lecun(key: jax.Array, shape: tuple[int, ...], fan_in: int) -> jax.Array:
+    return jax.random.truncated_normal(key, -2.0, 2.0, shape) * (1.0 / math.sqrt(fan_in) / 0.8796)
+
+
+# -- search spaces --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MLPSpace:
+    """The architectures of an MLP: depth, width and activation of every hidden layer.
+
+    The masked network has ``max_depth`` hidden layers of ``max(widths)`` units. Genes:
+    ``depth`` in ``[min_depth, max_depth]``, ``width_l`` in ``widths`` and ``act_l`` (an index
+    into ``activations``) for every layer ``l < max_depth``; genes of layers beyond the depth
+    are carried but not expressed.
+
+    Example:
+      >>> space = MLPSpace(64, 10, max_depth=2, widths=(8, 16))
+      >>> space.max_num_params
+      1482
+    """
+
+    in_features: int
+    out_features: int
+    max_depth: int = 3
+    widths: tuple[int, ...] = (16, 32, 64, 128)
+    activations: tuple[str, ...] = ("relu", "tanh", "gelu", "silu")
+    min_depth: int = 1
+
+    def __post_init__(self) -> None:
+        _check_int(self.in_features, "in_features")
+        _check_int(self.out_features, "out_features")
+        _check_int(self.max_depth, "max_depth")
+        _check_int(self.min_depth, "min_depth")
+        if self.min_depth > self.max_depth:
+            raise ValueError(
+                f"min_depth={self.min_depth} is larger than max_depth={self.max_depth}"
+            )
+        object.__setattr__(self, "widths", _check_sizes(self.widths, "widths"))
+        object.__setattr__(self, "activations", _check_activations(self.activations))
+
+    @property
+    def max_width(self) -> int:
+        return self.widths[-1]
+
+    def genes(self) -> dict[str, Choice]:
+        """The gene search space (for :class:`~evojax_nets.pbt.PBT`)."""
+        out: dict[str, Choice] = {"depth": Choice(range(self.min_depth, self.max_depth + 1))}
+        for layer in range(self.max_depth):
+            out[f"width_{layer}"] = Choice(self.widths)
+            out[f"act_{layer}"] = Choice(range(len(self.activations)), ordered=False)
+        return out
+
+    def init_params(self, key: jax.Array) -> dict[str, Any]:
+        """Weights of the largest network (LeCun-normal kernels, zero biases)."""
+        W = self.max_width
+        keys = jax.random.split(key, self.max_depth + 1)
+        params = {}
+        for layer in range(self.max_depth):
+            fan_in = self.in_features if layer == 0 else W
+            params[f"layer_{layer}"] = {
+                "kernel": _lecun(keys[layer], (fan_in, W), fan_in),
+                "bias": jnp.zeros((W,), jnp.float32),
+            }
+        params["head"] = {
+            "kernel": _lecun(keys[-1], (W, self.out_features), W),
+            "bias": jnp.zeros((self.out_features,), jnp.float32),
+        }
+        return params
+
+    def apply(self, params: Mapping[str, Any], genes: Genes, x: jax.Array) -> jax.Array:
+        """The masked forward pass of one member: ``(B, in_features) -> (B, out_features)``."""
+        units = jnp.arange(self.max_width)
+        h = x
+        for layer in range(self.max_depth):
+            p = params[f"layer_{layer}"]
+            z = h @ p["kernel"] + p["bias"]
+            z = _select_activation(self.activations, genes[f"act_{layer}"], z)
+            z = jnp.where(units < genes[f"width_{layer}"], z, 0.0)
+            h = z if layer == 0 else jnp.where(layer < genes["depth"], z, h)
+        return h @ params["head"]["kernel"] + params["head"]["bias"]
+
+    def _sizes(self, genes: Genes) -> tuple[list[jax.Array], list[jax.Array], jax.Array]:
+        fan_ins, outs = [], []
+        prev = self.in_features
+        for layer in range(self.max_depth):
+            active = layer < genes["depth"]
+            w = _where(active, genes[f"width_{layer}"], 0)
+            fan_ins.append(_where(active, prev, 0))
+            outs.append(w)
+            prev = _where(active, w, prev)
+        return fan_ins, outs, prev
+
+    def num_params(self, genes: Genes) -> jax.Array:
+        """Parameters of the unmasked network these genes describe (traceable)."""
+        fan_ins, outs, last = self._sizes(genes)
+        hidden = sum(f * o + o for f, o in zip(fan_ins, outs, strict=True))
+        return hidden + last * self.out_features + self.out_features
+
+    def flops(self, genes: Genes) -> jax.Array:
+        """Floating-point operations per example of the forward pass (2 per multiply-add)."""
+        fan_ins, outs, last = self._sizes(genes)
+        macs = sum(f * o for f, o in zip(fan_ins, outs, strict=True)) + last * self.out_features
+        return 2 * macs
+
+    @property
+    def max_genes(self) -> dict[str, int]:
+        """The genes of the largest network."""
+        g = {"depth": self.max_depth}
+        for layer in range(self.max_depth):
+            g[f"width_{layer}"] = self.max_width
+            g[f"act_{layer}"] = 0
+        return g
+
+    @property
+    def max_num_params(self) -> int:
+        return int(self.num_params(self.max_genes))
+
+    @property
+    def max_flops(self) -> int:
+        return int(self.flops(self.max_genes))
+
+    def activation_bytes(self, batch: int) -> int:
+        """Bytes of one member's activations for ``batch`` examples (forward and backward)."""
+        per = self.max_width * self.max_depth * (len(self.activations) + 3)
+        return 4 * batch * (per + self.in_features + self.out_features)
+
+    def architecture(self, genes: Genes) -> dict[str, list]:
+        """The expressed architecture: ``{"widths": [...], "activations": [...]}``."""
+        g = _concrete_genes(genes)
+        d = g["depth"]
+        return {
+            "widths": [g[f"width_{layer}"] for layer in range(d)],
+            "activations": [self.activations[g[f"act_{layer}"]] for layer in range(d)],
+        }
+
+    def describe(self, genes: Genes) -> str:
+        """For example ``"64 -> 32 relu -> 16 tanh -> 10"``."""
+        a = self.architecture(genes)
+        mid = [f"{w} {n}" for w, n in zip(a["widths"], a["activations"], strict=True)]
+        return " -> ".join([str(self.in_features), *mid, str(self.out_features)])
+
+    def export(self, params: Mapping[str, Any], genes: Genes) -> ArchMLP:
+        """The unmasked :class:`ArchMLP` of these genes, with the matching slices of
+        ``params`` (one member's); it computes what :meth:`apply` computes.
+
+        Example:
+          >>> space = MLPSpace(4, 3, max_depth=2, widths=(2, 5))
+          >>> p = space.init_params(jax.random.key(0))
+          >>> g = {"depth": 1, "width_0": 2, "act_0": 1, "width_1": 5, "act_1": 0}
+          >>> x = jnp.ones((2, 4))
+          >>> bool(jnp.allclose(space.export(p, g)(x), space.apply(p, g, x), atol=1e-6))
+          True
+        """
+        arch = self.architecture(genes)
+        widths = arch["widths"]
+        # Built abstractly (no random initialisation): every parameter is overwritten below.
+        module = nnx.eval_shape(
+            lambda: ArchMLP(
+                self.in_features, widths, arch["activations"], self.out_features, rngs=nnx.Rngs(0)
+            )
+        )
+        params = jax.device_get(params)  # slice on the host: no device op per shape
+        prev = self.in_features
+        for layer, (w, lin) in enumerate(zip(widths, module.hidden, strict=True)):
+            p = params[f"layer_{layer}"]
+            lin.kernel = nnx.Param(jnp.asarray(np.asarray(p["kernel"])[:prev, :w]))
+            lin.bias = nnx.Param(jnp.asarray(np.asarray(p["bias"])[:w]))
+            prev = w
+        module.head.kernel = nnx.Param(jnp.asarray(np.asarray(params["head"]["kernel"])[:prev]))
+        module.head.bias = nnx.Param(jnp.asarray(params["head"]["bias"]))
+        return module
+
+
+@dataclass(frozen=True)
+class CNNSpace:
+    """The architectures of a small CNN: number of conv layers, channels and activation per
+    layer; ``SAME`` padding, stride 1, then a flatten (or global-mean) readout and a linear head.
+
+    Genes: ``depth``, ``channels_l`` in ``channels`` and ``act_l`` for every ``l < max_depth``.
+
+    Example:
+      >>> space = CNNSpace((8, 8, 1), 10, max_depth=2, channels=(4, 8))
+      >>> space.max_num_params
+      5794
+    """
+
+    input_shape: tuple[int, int, int]
+    out_features: int
+    max_depth: int = 3
+    channels: tuple[int, ...] = (4, 8, 16, 32)
+    activations: tuple[str, ...] = ("relu", "tanh", "gelu", "silu")
+    kernel_size: int = 3
+    readout: Literal["flatten", "mean"] = "flatten"
+    min_depth: int = 1
+
+    def __post_init__(self) -> None:
+        shape = tuple(self.input_shape) if isinstance(self.input_shape, Sequence) else ()
+        if len(shape) != 3:
+            raise ValueError(f"input_shape must be (height, width, channels), got {shape!r}")
+        for s in shape:
+            _check_int(s, "every entry of input_shape")
+        object.__setattr__(self, "input_shape", tuple(int(s) for s in shape))
+        _check_int(self.out_features, "out_features")
+        _check_int(self.max_depth, "max_depth")
+        _check_int(self.min_depth, "min_depth")
+        _check_int(self.kernel_size, "kernel_size")
+        if self.min_depth > self.max_depth:
+            raise ValueError(
+                f"min_depth={self.min_depth} is larger than max_depth={self.max_depth}"
+            )
+        if self.readout not in ("flatten", "mean"):
+            raise ValueError(f"readout must be 'flatten' or 'mean', got {self.readout!r}")
+        object.__setattr__(self, "channels", _check_sizes(self.channels, "channels"))
+        object.__setattr__(self, "activations", _check_activations(self.activations))
+
+    @property
+    def max_channels(self) -> int:
+        return self.channels[-1]
+
+    @property
+    def _pixels(self) -> int:
+        return self.input_shape[0] * self.input_shape[1]
+
+    def _head_rows(self, channels: jax.Array | int) -> jax.Array | int:
+        return channels * self._pixels if self.readout == "flatten" else channels
+
+    def genes(self) -> dict[str, Choice]:
+        """The gene search space (for :class:`~evojax_nets.pbt.PBT`)."""
+        out: dict[str, Choice] = {"depth": Choice(range(self.min_depth, self.max_depth + 1))}
+        for layer in range(self.max_depth):
+            out[f"channels_{layer}"] = Choice(self.channels)
+            out[f"act_{layer}"] = Choice(range(len(self.activations)), ordered=False)
+        return out
+
+    def init_params(self, key: jax.Array) -> dict[str, Any]:
+        """Weights of the largest network (LeCun-normal kernels, zero biases)."""
+        C, k = self.max_channels, self.kernel_size
+        keys = jax.random.split(key, self.max_depth + 1)
+        params = {}
+        for layer in range(self.max_depth):
+            cin = self.input_shape[2] if layer == 0 else C
+            params[f"conv_{layer}"] = {
+                "kernel": _lecun(keys[layer], (k, k, cin, C), k * k * cin),
+                "bias": jnp.zeros((C,), jnp.float32),
+            }
+        rows = self._head_rows(C)
+        params["head"] = {
+            "kernel": _lecun(keys[-1], (rows, self.out_features), rows),
+            "bias": jnp.zeros((self.out_features,), jnp.float32),
+        }
+        return params
+
+    def apply(self, params: Mapping[str, Any], genes: Genes, x: jax.Array) -> jax.Array:
+        """The masked forward pass of one member; ``x`` is ``(B, H, W, C)`` or flat."""
+        if x.ndim == 2:
+            x = x.reshape(x.shape[0], *self.input_shape)
+        chans = jnp.arange(self.max_channels)
+        h = x
+        for layer in range(self.max_depth):
+            p = params[f"conv_{layer}"]
+            z = jax.lax.conv_general_dilated(
+                h, p["kernel"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+            )
+            z = _select_activation(self.activations, genes[f"act_{layer}"], z + p["bias"])
+            z = jnp.where(chans < genes[f"channels_{layer}"], z, 0.0)
+            h = z if layer == 0 else jnp.where(layer < genes["depth"], z, h)
+        h = h.reshape(h.shape[0], -1) if self.readout == "flatten" else h.mean(axis=(1, 2))
+        return h @ params["head"]["kernel"] + params["head"]["bias"]
+
+    def _sizes(self, genes: Genes) -> tuple[list[jax.Array], list[jax.Array], jax.Array]:
+        fan_ins, outs = [], []
+        prev = self.input_shape[2]
+        for layer in range(self.max_depth):
+            active = layer < genes["depth"]
+            c = _where(active, genes[f"channels_{layer}"], 0)
+            fan_ins.append(_where(active, prev, 0))
+            outs.append(c)
+            prev = _where(active, c, prev)
+        return fan_ins, outs, prev
+
+    def num_params(self, genes: Genes) -> jax.Array:
+        """Parameters of the unmasked network these genes describe (traceable)."""
+        fan_ins, outs, last = self._sizes(genes)
+        kk = self.kernel_size**2
+        conv = sum(kk * f * o + o for f, o in zip(fan_ins, outs, strict=True))
+        return conv + self._head_rows(last) * self.out_features + self.out_features
+
+    def flops(self, genes: Genes) -> jax.Array:
+        """Floating-point operations per example of the forward pass (2 per multiply-add)."""
+        fan_ins, outs, last = self._sizes(genes)
+        kk = self.kernel_size**2
+        conv = sum(self._pixels * kk * f * o for f, o in zip(fan_ins, outs, strict=True))
+        return 2 * (conv + self._head_rows(last) * self.out_features)
+
+    @property
+    def max_genes(self) -> dict[str, int]:
+        """The genes of the largest network."""
+        g = {"depth": self.max_depth}
+        for layer in range(self.max_depth):
+            g[f"channels_{layer}"] = self.max_channels
+            g[f"act_{layer}"] = 0
+        return g
+
+    @property
+    def max_num_params(self) -> int:
+        return int(self.num_params(self.max_genes))
+
+    @property
+    def max_flops(self) -> int:
+        return int(self.flops(self.max_genes))
+
+    def activation_bytes(self, batch: int) -> int:
+        """Bytes of one member's activations for ``batch`` examples (forward and backward)."""
+        per = self._pixels * self.max_channels * self.max_depth * (len(self.activations) + 3)
+        return 4 * batch * (per + self._pixels * self.input_shape[2] + self.out_features)
+
+    def architecture(self, genes: Genes) -> dict[str, list]:
+        """The expressed architecture: ``{"channels": [...], "activations": [...]}``."""
+        g = _concrete_genes(genes)
+        d = g["depth"]
+        return {
+            "channels": [g[f"channels_{layer}"] for layer in range(d)],
+            "activations": [self.activations[g[f"act_{layer}"]] for layer in range(d)],
+        }
+
+    def describe(self, genes: Genes) -> str:
+        """For example ``"8x8x1 -> conv 8 relu -> conv 16 tanh -> flatten -> 10"``."""
+        a = self.architecture(genes)
+        mid = [f"conv {c} {n}" for c, n in zip(a["channels"], a["activations"], strict=True)]
+        shape = "x".join(map(str, self.input_shape))
+        return " -> ".join([shape, *mid, self.readout, str(self.out_features)])
+
+    def export(self, params: Mapping[str, Any], genes: Genes) -> ArchCNN:
+        """The unmasked :class:`ArchCNN` of these genes with the matching slices of
+        ``params`` (one member's); it computes what :meth:`apply` computes."""
+        arch = self.architecture(genes)
+        chans = arch["channels"]
+        module = nnx.eval_shape(
+            lambda: ArchCNN(
+                self.input_shape,
+                chans,
+                arch["activations"],
+                self.out_features,
+                kernel_size=self.kernel_size,
+                readout=self.readout,
+                rngs=nnx.Rngs(0),
+            )
+        )
+        params = jax.device_get(params)  # slice on the host: no device op per shape
+        prev = self.input_shape[2]
+        for layer, (c, conv) in enumerate(zip(chans, module.convs, strict=True)):
+            p = params[f"conv_{layer}"]
+            conv.kernel = nnx.Param(jnp.asarray(np.asarray(p["kernel"])[:, :, :prev, :c]))
+            conv.bias = nnx.Param(jnp.asarray(np.asarray(p["bias"])[:c]))
+            prev = c
+        head = np.asarray(params["head"]["kernel"])
+        if self.readout == "flatten":
+            h, w, _ = self.input_shape
+            head = head.reshape(h, w, self.max_channels, self.out_features)[:, :, :prev]
+            head = head.reshape(-1, self.out_features)
+        else:
+            head = head[:prev]
+        module.head.kernel = nnx.Param(jnp.asarray(head))
+        module.head.bias = nnx.Param(jnp.asarray(params["head"]["bias"]))
+        return module
+
+
+ArchSpace = MLPSpace | CNNSpace
+
+
+# -- memory ---------------------------------------------------------------------------------
+
+
+def _physical_memory_bytes() -> int:
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return 16 * 2**30
+
+
+def estimate_bytes(space: ArchSpace, population_size: int, batch_size: int, num_val: int) -> int:
+    """Memory a search needs, from shapes alone: for every member the largest network's
+    weights, gradients, two optimizer moments and the copy made by exploit, plus activations
+    of one training batch and of the validation set.
+
+    Example:
+      >>> estimate_bytes(MLPSpace(64, 10), 16, 64, 360) > 0
+      True
+    """
+    weights = 5 * 4 * space.max_num_params
+    acts = space.activation_bytes(batch_size) + space.activation_bytes(num_val) // 2
+    return population_size * (weights + acts)
+
+
+def check_memory(
+    space: ArchSpace,
+    population_size: int,
+    batch_size: int,
+    num_val: int,
+    max_bytes: int | None = None,
+) -> int:
+    """Refuse, before anything is allocated, a maximum architecture too large for memory.
+    ``max_bytes`` defaults to half of the machine's physical memory. Returns the estimate."""
+    need = estimate_bytes(space, population_size, batch_size, num_val)
+    limit = _physical_memory_bytes() // 2 if max_bytes is None else int(max_bytes)
+    if need > limit:
+        if isinstance(space, MLPSpace):
+            knobs = f"max_depth={space.max_depth}, widths up to {space.max_width}"
+        else:
+            knobs = f"max_depth={space.max_depth}, channels up to {space.max_channels}"
+        raise MemoryError(
+            f"the maximum architecture of the search space ({knobs}: "
+            f"{space.max_num_params:,} parameters) needs about {need / 2**30:.2f} GiB for "
+            f"population_size={population_size} (weights, gradients, optimizer state and "
+            f"activations of batch_size={batch_size} and {num_val} validation examples, for "
+            f"every member), more than the {limit / 2**30:.2f} GiB allowed (max_bytes). "
+            "Lower max_depth, the largest width/channels, population_size or batch_size."
+        )
+    return need
+
+
+# -- the search -----------------------------------------------------------------------------
+
+
+@dataclass
+class ArchResult:
+    """What an architecture search hands back.
+
+    Attributes:
+      module: the chosen network as a real, unmasked NNX module with its trained weights.
+      genes: its genes.
+      architecture: its expressed sizes and activations.
+      description: the same, as one line.
+      num_params: the exported module's parameter count.
+      flops: its forward FLOPs per example.
+      score: its final validation score (accuracy or minus the loss, minus the size penalty).
+      val_accuracy: its validation accuracy.
+      params: its masked (maximum-size) weights, for :meth:`masked_apply`.
+      pbt: the PBT result (schedule of its genes and learning rate, lineage, history).
+    """
+
+    module: nnx.Module
+    genes: dict[str, int]
+    architecture: dict[str, list]
+    description: str
+    num_params: int
+    flops: int
+    score: float
+    val_accuracy: float
+    params: Any
+    space: ArchSpace
+    pbt: PBTResult
+
+    def masked_apply(self, x: jax.Array) -> jax.Array:
+        """The masked member's outputs (what :attr:`module` must reproduce)."""
+        return jax.jit(self.space.apply)(self.params, self.genes, jnp.asarray(x, jnp.float32))
+
+
+class ArchSearch:
+    """Evolve architectures (masked, one vmapped program) while their weights train.
+
+    Args:
+      space: an :class:`MLPSpace` or :class:`CNNSpace`.
+      x_train, y_train: training data (integer class labels).
+      x_val, y_val: validation data; the selection score is its accuracy (never the test set).
+      population_size: members trained in parallel.
+      ready: gradient steps between two selections.
+      batch_size: examples per gradient step (each member draws its own).
+      learning_rate: a float, or a :class:`~evojax_nets.pbt.Space` to evolve it too.
+      optimizer: an optax optimizer factory taking ``learning_rate`` (``optax.adam``).
+      size_penalty: the score is ``accuracy - size_penalty * size / max_size``: 0.01 costs the
+        largest network one accuracy point (with ``score="loss"``, 0.01 nats).
+      size_measure: ``"params"`` or ``"flops"``.
+      score: what ranks members: validation ``"accuracy"``, or ``"loss"`` (minus the
+        validation cross-entropy: smoother, fewer ties on small validation sets).
+      quantile, perturb_probability, resample_probability: see
+        :class:`~evojax_nets.pbt.PBT`; each gene of a copied member mutates with probability
+        ``perturb_probability``.
+      max_bytes: memory allowed (default: half of the machine's memory).
+
+    Example:
+      >>> from evojax_nets.tasks import load_digits
+      >>> ds = load_digits()
+      >>> x, y = ds.x_train, ds.y_train
+      >>> search = ArchSearch(MLPSpace(64, 10), x[:1000], y[:1000], x[1000:], y[1000:], ready=50)
+      >>> result = search.fit(jax.random.key(0), 200)
+      >>> result.module(ds.x_test).shape
+      (360, 10)
+    """
+
+    def __init__(
+        self,
+        space: ArchSpace,
+        x_train: Any,
+        y_train: Any,
+        x_val: Any,
+        y_val: Any,
+        *,
+        population_size: int = 16,
+        ready: int = 100,
+        batch_size: int = 64,
+        learning_rate: float | Space = 3e-3,
+        optimizer: Callable[..., optax.GradientTransformation] = optax.adam,
+        size_penalty: float = 0.0,
+        size_measure: Literal["params", "flops"] = "params",
+        score: Literal["accuracy", "loss"] = "accuracy",
+        quantile: float = 0.25,
+        perturb_probability: float = 0.25,
+        resample_probability: float = 0.0,
+        max_bytes: int | None = None,
+    ):
+        if not isinstance(space, MLPSpace | CNNSpace):
+            raise TypeError(f"space must be an MLPSpace or a CNNSpace, got {type(space).__name__}")
+        if score not in ("accuracy", "loss"):
+            raise ValueError(f"score must be 'accuracy' or 'loss', got {score!r}")
+        if size_measure not in ("params", "flops"):
+            raise ValueError(f"size_measure must be 'params' or 'flops', got {size_measure!r}")
+        if not (isinstance(size_penalty, int | float) and size_penalty >= 0):
+            raise ValueError(f"size_penalty must be a number >= 0, got {size_penalty!r}")
+        x_tr, y_tr = jnp.asarray(x_train, jnp.float32), jnp.asarray(y_train)
+        x_va, y_va = jnp.asarray(x_val, jnp.float32), jnp.asarray(y_val)
+        for xn, x, yn, y in (("x_train", x_tr, "y_train", y_tr), ("x_val", x_va, "y_val", y_va)):
+            if x.shape[0] != y.shape[0] or x.shape[0] == 0:
+                raise ValueError(f"{xn} has {x.shape[0]} rows and {yn} {y.shape[0]}; need n > 0")
+            if not jnp.issubdtype(y.dtype, jnp.integer) or y.ndim != 1:
+                raise ValueError(f"{yn} must be a vector of integer class labels")
+        _check_int(batch_size, "batch_size")
+        _check_int(population_size, "population_size", low=2)
+        if isinstance(space, MLPSpace):
+            want = (space.in_features,)
+            ok = x_tr.shape[1:] == want and x_va.shape[1:] == want
+        else:
+            want = space.input_shape
+            flat = (math.prod(want),)
+            ok = all(x.shape[1:] in (want, flat) for x in (x_tr, x_va))
+        if not ok:
+            raise ValueError(
+                f"x_train / x_val examples have shapes {x_tr.shape[1:]} / {x_va.shape[1:]}, but "
+                f"the space takes {want}"
+            )
+        check_memory(space, int(population_size), batch_size, x_va.shape[0], max_bytes)
+        self.space = space
+        self.size_penalty = float(size_penalty)
+        self.size_measure = size_measure
+        self.score = score
+        max_size = space.max_num_params if size_measure == "params" else space.max_flops
+        size_fn = space.num_params if size_measure == "params" else space.flops
+
+        pbt_space: dict[str, Space] = dict(space.genes())
+        if isinstance(learning_rate, Space):
+            pbt_space["learning_rate"] = learning_rate
+            lr0 = 1e-3
+        else:
+            if not (isinstance(learning_rate, int | float) and learning_rate > 0):
+                raise ValueError(
+                    f"learning_rate must be a positive float or a Space, got {learning_rate!r}"
+                )
+            lr0 = float(learning_rate)
+        self.tx = optax.inject_hyperparams(optimizer)(learning_rate=lr0)
+        self._lr0 = lr0
+        self._frozen: PBT | None = None
+        tx = self.tx
+
+        def loss(params: Any, genes: Genes, x: jax.Array, y: jax.Array) -> jax.Array:
+            logits = space.apply(params, genes, x)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+        def train_step(state: dict, batch: tuple, hp: dict) -> dict:
+            grads = jax.grad(loss)(state["params"], hp, *batch)
+            updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+            return {"params": optax.apply_updates(state["params"], updates), "opt_state": opt_state}
+
+        def accuracy(params: Any, genes: Genes, x: jax.Array, y: jax.Array) -> jax.Array:
+            return jnp.mean(jnp.argmax(space.apply(params, genes, x), -1) == y)
+
+        def eval_fn(state: dict, hp: dict) -> jax.Array:
+            if score == "loss":
+                fit = -loss(state["params"], hp, x_va, y_va)
+            else:
+                fit = accuracy(state["params"], hp, x_va, y_va)
+            return fit - self.size_penalty * size_fn(hp) / max_size
+
+        self._val_accuracy = jax.jit(lambda p, g: accuracy(p, g, x_va, y_va))
+        self.pbt = PBT(
+            train_step,
+            eval_fn,
+            pbt_space,
+            population_size,
+            ready=ready,
+            batch_fn=sample_batches(x_tr, y_tr, batch_size=batch_size),
+            maximize=True,
+            quantile=quantile,
+            perturb_probability=perturb_probability,
+            resample_probability=resample_probability,
+        )
+        self._x_val, self._y_val = x_va, y_va
+        self._eval_all = jax.jit(
+            jax.vmap(
+                lambda p, g, x, y: (accuracy(p, g, x, y), size_fn(g)), in_axes=(0, 0, None, None)
+            )
+        )
+
+    def _init_member(self, key: jax.Array) -> dict:
+        params = self.space.init_params(key)
+        return {"params": params, "opt_state": self.tx.init(params)}
+
+    def init(self, key: jax.Array, genes: Mapping[str, Any] | None = None) -> PBTState:
+        """The initial population: independent weights, genes sampled from the space unless
+        given (``{name: (P,)}``; include ``learning_rate`` when it evolves)."""
+        return self.pbt.init(key, self._init_member, genes)
+
+    def run(
+        self,
+        state: PBTState,
+        num_steps: int,
+        *,
+        chunk_size: int | None = None,
+        callbacks: Sequence[PBTCallback] = (),
+        history: PBTHistory | None = None,
+    ) -> tuple[PBTState, PBTHistory]:
+        """Train ``num_steps`` more steps, selecting and mutating every ``ready`` steps."""
+        return self.pbt.run(
+            state, num_steps, chunk_size=chunk_size, callbacks=callbacks, history=history
+        )
+
+    def finetune(
+        self,
+        state: PBTState,
+        num_steps: int,
+        *,
+        lr_scale: float = 0.1,
+        chunk_size: int | None = None,
+        callbacks: Sequence[PBTCallback] = (),
+        history: PBTHistory | None = None,
+    ) -> tuple[PBTState, PBTHistory]:
+        """Train every member ``num_steps`` more with its genes frozen (no selection, no
+        mutation) and its learning rate times ``lr_scale``: the members' last architecture
+        changes get time to settle, and the final pick compares trained networks.
+
+        Example:
+          >>> state, history = search.run(state, 2400)  # doctest: +SKIP
+          >>> state, history = search.finetune(state, 600, history=history)  # doctest: +SKIP
+          >>> result = search.result(state, history)  # doctest: +SKIP
+        """
+        if not (isinstance(lr_scale, int | float) and lr_scale > 0):
+            raise ValueError(f"lr_scale must be a positive number, got {lr_scale!r}")
+        if self._frozen is None:  # the same program without exploit/explore, compiled once
+            p = self.pbt
+            self._frozen = PBT(
+                p.train_step,
+                p.eval_fn,
+                p.space,
+                p.population_size,
+                ready=p.ready,
+                batch_fn=p.batch_fn,
+                exploit="none",
+            )
+        hparams = dict(state.hparams)
+        if "learning_rate" in hparams:
+            lr = hparams["learning_rate"] * lr_scale
+            hparams["learning_rate"] = lr
+        else:
+            lr = jnp.full((self.pbt.population_size,), self._lr0 * lr_scale, jnp.float32)
+        members = jax.vmap(inject_hparams)(state.members, {"learning_rate": lr})
+        state = state.replace(members=members, hparams=hparams)
+        return self._frozen.run(
+            state, num_steps, chunk_size=chunk_size, callbacks=callbacks, history=history
+        )
+
+    def evaluate(
+        self, state: PBTState, x: Any | None = None, y: Any | None = None
+    ) -> dict[str, np.ndarray]:
+        """Every member's accuracy on ``(x, y)`` (the validation set by default) and size."""
+        x = self._x_val if x is None else jnp.asarray(x, jnp.float32)
+        y = self._y_val if y is None else jnp.asarray(y)
+        genes = {k: v for k, v in state.hparams.items() if k != "learning_rate"}
+        acc, size = self._eval_all(state.members["params"], genes, x, y)
+        return {"accuracy": np.asarray(acc), self.size_measure: np.asarray(size)}
+
+    def result(self, state: PBTState, history: PBTHistory) -> ArchResult:
+        """The best member by its final score, exported as an unmasked NNX module."""
+        res = self.pbt.result(state, history)
+        genes = {k: int(v) for k, v in res.hparams.items() if k != "learning_rate"}
+        params = res.state["params"]
+        module = self.space.export(params, genes)
+        n = sum(int(np.size(x)) for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
+        val_acc = float(self._val_accuracy(params, genes))
+        return ArchResult(
+            module=module,
+            genes=genes,
+            architecture=self.space.architecture(genes),
+            description=self.space.describe(genes),
+            num_params=n,
+            flops=int(self.space.flops(genes)),
+            score=res.score,
+            val_accuracy=val_acc,
+            params=params,
+            space=self.space,
+            pbt=res,
+        )
+
+    def fit(
+        self,
+        key: jax.Array,
+        num_steps: int,
+        *,
+        finetune_steps: int = 0,
+        chunk_size: int | None = None,
+        callbacks: Sequence[PBTCallback] = (),
+    ) -> ArchResult:
+        """``init``, ``run``, optionally ``finetune``, and ``result`` in one call."""
+        state = self.init(key)
+        state, history = self.run(state, num_steps, chunk_size=chunk_size, callbacks=callbacks)
+        if finetune_steps:
+            state, history = self.finetune(
+                state, finetune_steps, chunk_size=chunk_size, callbacks=callbacks, history=history
+            )
+        return self.result(state, history)
