@@ -65,6 +65,8 @@ class EvolutionState:
         finite fitness is seen.
       evaluations: member evaluations so far (int32).
       nonfinite: evaluations so far whose fitness was NaN or infinite (int32).
+      task_state: a stateful task's state (for example RL observation statistics), frozen
+        within a generation and updated once per generation; ``()`` for stateless tasks.
     """
 
     strategy_state: Any
@@ -75,6 +77,7 @@ class EvolutionState:
     best_fitness: jax.Array
     evaluations: jax.Array
     nonfinite: jax.Array
+    task_state: Any = ()
 
 
 def canonicalize(tree: Any) -> Any:
@@ -298,17 +301,23 @@ class Evolution:
 
     # -- pure functions -------------------------------------------------------------------
 
-    def evaluate(self, key: jax.Array, population: Population) -> jax.Array:
-        """Fitness of every row of ``population`` in the task's own sense (vmapped)."""
+    def evaluate(self, key: jax.Array, population: Population, task_state: Any = ()) -> jax.Array:
+        """Fitness of every row of ``population`` in the task's own sense (vmapped); a
+        stateful task needs ``task_state`` (``state.task_state``)."""
+        return self._evaluate(key, population, task_state)[0]
+
+    def _evaluate(self, key: jax.Array, population: Population, task_state: Any) -> tuple:
+        """Fitness and the task's per-member ``aux`` (stacked over P; ``()`` if stateless)."""
+        fit = self.task.fitness_with_aux(task_state)
         if self.mesh is not None:
             population = jax.lax.with_sharding_constraint(
                 population, NamedSharding(self.mesh, PartitionSpec("pop"))
             )
         if self.eval_batch_size is None:
-            fitness = jax.vmap(self.task.fitness, in_axes=(None, 0))(key, population)
+            fitness, aux = jax.vmap(fit, in_axes=(None, 0))(key, population)
         else:
-            fitness = jax.lax.map(
-                lambda theta: self.task.fitness(key, theta),
+            fitness, aux = jax.lax.map(
+                lambda theta: fit(key, theta),
                 population,
                 batch_size=self.eval_batch_size,
             )
@@ -316,7 +325,7 @@ class Evolution:
             fitness = jax.lax.with_sharding_constraint(
                 fitness, NamedSharding(self.mesh, PartitionSpec())
             )
-        return fitness
+        return fitness, aux
 
     def _to_min(self, fitness: jax.Array) -> jax.Array:
         return -fitness if self.maximize else fitness
@@ -324,8 +333,8 @@ class Evolution:
     def _from_min(self, fitness: jax.Array) -> jax.Array:
         return -fitness if self.maximize else fitness
 
-    def _context(self, generation: jax.Array) -> OpContext:
-        fit = self.task.fitness
+    def _context(self, generation: jax.Array, task_state: Any = ()) -> OpContext:
+        fit = self.task.fitness_fn(task_state)
         return OpContext(
             loss=self.task.loss,
             fitness=(lambda k, th: -fit(k, th)) if self.maximize else fit,
@@ -347,9 +356,15 @@ class Evolution:
         evaluations = jnp.int32(0)
         nonfinite = jnp.int32(0)
         best_theta, best_fitness = theta0, jnp.float32(jnp.inf)
+        task_state = ()
+        if self.task.stateful:  # split only here, so stateless runs keep their key stream
+            key, k_task = jax.random.split(key)
+            task_state = self.task.initial_state(k_task)
         if self.strategy.population_based:
             population = self.population_init(k_pop, self.population_size)
-            raw = self._to_min(self.evaluate(k_eval, population))
+            raw, aux = self._evaluate(k_eval, population, task_state)
+            raw = self._to_min(raw)
+            task_state = self.task.next_state(task_state, aux)
             clean, finite = sanitize_fitness(raw)
             sstate = algo.init(k_init, population, clean, params)
             evaluations += self.population_size
@@ -377,6 +392,7 @@ class Evolution:
                 best_fitness=jnp.float32(best_fitness),
                 evaluations=evaluations,
                 nonfinite=nonfinite,
+                task_state=task_state,
             )
         )
 
@@ -386,8 +402,9 @@ class Evolution:
         if self._implicit:
             # The population is never materialised: members are regenerated from their keys.
             sstate = algo.ask(k_ask, state.strategy_state)
-            fit = self.task.fitness
-            raw = self._to_min(algo.map_members(lambda th: fit(k_eval, th), sstate))
+            fit = self.task.fitness_with_aux(state.task_state)
+            raw, aux = algo.map_members(lambda th: fit(k_eval, th), sstate)
+            raw = self._to_min(raw)
             fitness, finite = sanitize_fitness(raw)
             op_state = state.op_state
             member = lambda i: algo.member(sstate, i)
@@ -395,14 +412,15 @@ class Evolution:
         else:
             # The hooks' keys derive from k_ops, so runs without hooks keep their key stream.
             k_before, k_after = jax.random.split(jax.random.fold_in(k_ops, 1))
-            ctx = self._context(state.generation)
+            ctx = self._context(state.generation, state.task_state)
             sstate, op_state = self.ops.before_ask(
                 k_before, state.strategy_state, state.op_state, ctx
             )
             population, sstate = algo.ask(k_ask, sstate, params)
             members = Members(genome=population, phenotype=population)
             members, op_state = self.ops.apply(k_ops, members, op_state, ctx)
-            raw = self._to_min(self.evaluate(k_eval, members.phenotype))
+            raw, aux = self._evaluate(k_eval, members.phenotype, state.task_state)
+            raw = self._to_min(raw)
             fitness, finite = sanitize_fitness(raw)
             member = lambda i: members.phenotype[i]
             sstate, _ = algo.tell(k_tell, members.genome, fitness, sstate, params)
@@ -425,6 +443,7 @@ class Evolution:
             best_fitness=best_fitness,
             evaluations=state.evaluations + self.population_size,
             nonfinite=state.nonfinite + nonfinite,
+            task_state=self.task.next_state(state.task_state, aux),
         )
         metrics = {
             "best_fitness": self._from_min(masked[i]),
@@ -449,11 +468,12 @@ class Evolution:
         return state.best_theta if self.strategy.population_based else self.mean_theta(state)
 
     def _test_metrics(self, state: EvolutionState) -> dict[str, jax.Array]:
-        if self.task.test_metrics is None:
+        test_metrics = self.task.test_metrics_fn(state.task_state)
+        if test_metrics is None:
             return {}
         out = {}
         for which, theta in (("best", state.best_theta), ("mean", self.mean_theta(state))):
-            for name, value in self.task.test_metrics(theta).items():
+            for name, value in test_metrics(theta).items():
                 out[f"test_{name}_{which}"] = value
         return out
 

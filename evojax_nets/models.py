@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import jax
@@ -28,9 +29,7 @@ class MLP(nnx.Module):
         activation=jax.nn.tanh,
     ):
         sizes = [in_features, *hidden]
-        self.hidden = nnx.List(
-            [nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
-        )
+        self.hidden = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in itertools.pairwise(sizes)])
         self.head = nnx.Linear(sizes[-1], out_features, rngs=rngs)
         self.activation = activation
 

@@ -142,9 +142,7 @@ def from_nnx(model: nnx.Module, filter: Any = nnx.Param) -> Network:
         raise TypeError(f"model must be an nnx.Module, got {type(model).__name__}")
     if isinstance(filter, str):
         pattern = re.compile(filter)
-        filter = nnx.All(
-            nnx.Param, lambda path, x: pattern.search(_path_str(path)) is not None
-        )
+        filter = nnx.All(nnx.Param, lambda path, x: pattern.search(_path_str(path)) is not None)
     graphdef, evolved, rest = nnx.split(model, filter, ...)
     theta0, unravel = _ravel(evolved, "NNX module")
     paths = tuple(_path_str(p) for p, _ in nnx.to_flat_state(evolved))
@@ -272,4 +270,3 @@ def as_network(model: Any, variables: Mapping[str, Any] | None = None, **kwargs:
         "model must be an nnx.Module, a flax TrainState, a linen module together with its "
         f"variables, or a Network; got {type(model).__name__}"
     )
-
