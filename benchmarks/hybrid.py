@@ -286,6 +286,13 @@ def digits_contenders(
         "mean",
         es_flops(128, 256),
     )
+    make["pgpe"] = lambda: evo_runner(
+        "pgpe",
+        Evolution(model, task(256), "pgpe", 128, std=0.02, learning_rate=0.01),
+        seed,
+        "mean",
+        es_flops(128, 256),
+    )
     make["snes"] = lambda: evo_runner(
         "snes",
         Evolution(model, task(256), "snes", 128, std=0.02),
@@ -293,8 +300,9 @@ def digits_contenders(
         "mean",
         es_flops(128, 256),
     )
-    # Hybrids. The gradient optimizer is Adam with Adam-alone's tuned step everywhere.
-    pop, steps, b = 16, 10, 64
+    # Hybrids. The gradient optimizer is Adam with Adam-alone's tuned step everywhere. Small
+    # populations with long gradient phases did best in a sweep (P in 4..32, K in 10..100).
+    pop, steps, b, mut = 4, 50, 64, 0.02
     make["lamarckian_ga"] = lambda: evo_runner(
         "lamarckian_ga",
         Evolution(
@@ -302,7 +310,7 @@ def digits_contenders(
             task(b),
             "ga",
             pop,
-            std=0.01,
+            std=mut,
             ops=gradient_steps(optax.adam(1e-3), steps, mode="lamarckian"),
         ),
         seed,
@@ -316,17 +324,17 @@ def digits_contenders(
             task(b),
             "ga",
             pop,
-            std=0.01,
+            std=mut,
             ops=gradient_steps(optax.adam(1e-3), steps, mode="baldwinian"),
         ),
         seed,
         "best",
         es_flops(pop, b) + grad_op_flops(pop, pop, steps, b, False, False),
     )
-    strategy, op = esgd(model, pop, optax.adam(1e-3), steps, num_parents=4, std=0.01)
+    strategy, op = esgd(model, pop, optax.adam(1e-3), steps, num_parents=2, std=mut)
     make["esgd"] = lambda: evo_runner(
         "esgd",
-        Evolution(model, task(b), strategy, pop, ops=op, std=0.01),
+        Evolution(model, task(b), strategy, pop, ops=op, std=mut),
         seed,
         "current",
         es_flops(pop, b) + grad_op_flops(pop, pop, steps, b, True, True),
@@ -357,7 +365,7 @@ def digits_contenders(
             32,
             std=0.02,
             learning_rate=0.01,
-            ops=blended_mean_update(optax.adam(1e-3), weight=0.5),
+            ops=blended_mean_update(optax.adam(1e-3), weight=0.9),
         ),
         seed,
         "mean",
@@ -765,14 +773,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--parts", default="digits,minima,starts")
     p.add_argument("--budget", type=float, default=60.0, help="seconds per contender and seed")
     p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--hidden", type=int, nargs="+", default=[64])
+    p.add_argument("--hidden", type=int, nargs="+", default=[256])
     p.add_argument(
         "--contenders",
         nargs="+",
         default=[
             "adam",
             "open_es",
-            "snes",
+            "pgpe",
             "lamarckian_ga",
             "baldwinian_ga",
             "esgd",
@@ -786,7 +794,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--minima-hidden", type=int, nargs="+", default=[3])
     p.add_argument("--minima-lr", type=float, default=1e-2)
     p.add_argument("--minima-steps", type=int, default=100, help="hybrids' steps per generation")
-    p.add_argument("--minima-std", type=float, default=0.05, help="hybrids' mutation scale")
+    p.add_argument("--minima-std", type=float, default=0.5, help="hybrids' mutation scale")
     p.add_argument("--parity-bits", type=int, default=4)
     p.add_argument("--spiral-turns", type=float, default=3.0)
     p.add_argument(

@@ -235,10 +235,7 @@ def gradient_steps(
 
         phenotype = put(start, trained)
         genome = put(members.genome, trained) if mode == "lamarckian" else members.genome
-        if persist_state:
-            new_opt = jax.tree.map(put, state.opt_state, new_opt)
-        else:
-            new_opt = ()
+        new_opt = jax.tree.map(put, state.opt_state, new_opt) if persist_state else ()
         new_state = GradientStepsState(
             opt_state=new_opt,
             num_skipped=state.num_skipped + jnp.sum(skipped).astype(jnp.int32),
