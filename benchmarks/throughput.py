@@ -109,7 +109,7 @@ def _version(name: str) -> str:
 
 def build_documented(model: nnx.Module, x_train, y_train, population: int, batch: int):
     """The documented evosax usage: strategy on the Flax params pytree, jit(vmap) evaluation,
-    Python loop. Returns ``(strategy, es_params, evaluate, run)``."""
+    Python loop. Returns ``(strategy, es_params, params_tree, evaluate, run)``."""
     graphdef, params_tree = nnx.split(model)
     strategy = Open_ES(
         population_size=population,
