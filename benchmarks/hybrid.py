@@ -282,6 +282,17 @@ def digits_contenders(
     make["adam"] = lambda: adam_runner(
         "adam", network, bound.extra["loss_on"], bound.extra["sample"], 1e-3, seed, f_fwd, 64
     )
+    for lr in (3e-4, 1e-4):  # Adam's step for long runs (1e-3 is best for short ones)
+        make[f"adam_lr{lr:g}"] = lambda lr=lr: adam_runner(
+            f"adam_lr{lr:g}",
+            network,
+            bound.extra["loss_on"],
+            bound.extra["sample"],
+            lr,
+            seed,
+            f_fwd,
+            64,
+        )
     make["open_es"] = lambda: evo_runner(
         "open_es",
         Evolution(model, task(256), "open_es", 128, std=0.02, learning_rate=0.01),

@@ -53,6 +53,7 @@ class Network:
     _unravel: Callable[[jax.Array], PyTree] = field(repr=False)
     _member: Callable[[PyTree], Member] = field(repr=False)
     _apply: Callable[..., Any] = field(repr=False)
+    _population_apply: Callable[..., Any] | None = field(default=None, repr=False)
 
     @property
     def num_params(self) -> int:
@@ -70,6 +71,21 @@ class Network:
     def apply(self, theta: Genome, *inputs: Any) -> Any:
         """Run the model with parameters ``theta`` on ``inputs``. Traceable and vmappable."""
         return self._apply(self.member(theta), *inputs)
+
+    @property
+    def has_population_apply(self) -> bool:
+        """Whether the model computes a whole population at once faster than ``vmap``
+        (a module with a ``population_apply`` method, such as
+        :class:`evojax_nets.models.MLP`)."""
+        return self._population_apply is not None
+
+    def population_apply(self, thetas: jax.Array, *inputs: Any) -> Any:
+        """Outputs of every row of ``thetas`` (``(P, D)``) on inputs shared by all members,
+        with a leading axis ``P``: the model's own population forward when it has one,
+        else ``vmap`` of :meth:`apply`."""
+        if self._population_apply is not None:
+            return self._population_apply(thetas, *inputs)
+        return jax.vmap(self.apply, in_axes=(0,) + (None,) * len(inputs))(thetas, *inputs)
 
     def apply_member(self, member: Member, *inputs: Any) -> Any:
         """Run an already rebuilt member (see :meth:`member`) on ``inputs``."""
@@ -146,6 +162,12 @@ def from_nnx(model: nnx.Module, filter: Any = nnx.Param) -> Network:
     graphdef, evolved, rest = nnx.split(model, filter, ...)
     theta0, unravel = _ravel(evolved, "NNX module")
     paths = tuple(_path_str(p) for p, _ in nnx.to_flat_state(evolved))
+    population_apply = None
+    if callable(getattr(model, "population_apply", None)) and not jax.tree.leaves(rest):
+        # The module's own population forward needs every variable, so only when all evolve.
+        population_apply = lambda thetas, *xs: model.population_apply(
+            jax.vmap(unravel)(thetas), *xs
+        )
     return Network(
         kind="nnx",
         theta0=theta0,
@@ -153,6 +175,7 @@ def from_nnx(model: nnx.Module, filter: Any = nnx.Param) -> Network:
         _unravel=unravel,
         _member=lambda ev: nnx.merge(graphdef, ev, rest),
         _apply=lambda m, *xs: m(*xs),
+        _population_apply=population_apply,
     )
 
 

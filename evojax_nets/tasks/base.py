@@ -41,6 +41,10 @@ class BoundTask:
         ``test_metrics(theta, task_state)``. The state is frozen within a generation.
       update_state: ``update_state(task_state, aux) -> task_state``, called once per
         generation with ``aux`` stacked over the population (leading axis ``P``).
+      population_fitness: ``population_fitness(key, thetas) -> (P,)`` fitness of a whole
+        ``(P, D)`` population at once, equal to ``vmap(fitness)`` up to float32 rounding
+        (optional, stateless tasks only); the engine uses it when it is faster, for example
+        when the network has its own population forward.
 
     The engine calls a task through :meth:`fitness_with_aux`, :meth:`fitness_fn`,
     :meth:`test_metrics_fn` and :meth:`next_state`, which give stateless tasks the same shape
@@ -56,6 +60,7 @@ class BoundTask:
     extra: dict[str, Any] = field(default_factory=dict)
     init_state: Callable[[jax.Array], Any] | None = None
     update_state: Callable[[Any, Any], Any] | None = None
+    population_fitness: Callable[[jax.Array, jax.Array], jax.Array] | None = None
 
     @property
     def stateful(self) -> bool:

@@ -139,11 +139,13 @@ class Supervised:
         if not classify:
             y_tr, y_te = y_tr.astype(jnp.float32), y_te.astype(jnp.float32)
 
-        def loss_on(theta: jax.Array, x: jax.Array, y: jax.Array) -> jax.Array:
-            out = network.apply(theta, x)
+        def loss_of(out: jax.Array, y: jax.Array) -> jax.Array:
             if classify:
                 return optax.softmax_cross_entropy_with_integer_labels(out, y).mean()
             return jnp.mean((out.reshape(y.shape) - y) ** 2)
+
+        def loss_on(theta: jax.Array, x: jax.Array, y: jax.Array) -> jax.Array:
+            return loss_of(network.apply(theta, x), y)
 
         def sample(key: jax.Array) -> tuple[jax.Array, jax.Array]:
             if batch is None or batch >= n:
@@ -154,6 +156,10 @@ class Supervised:
         def loss(key: jax.Array, theta: jax.Array) -> jax.Array:
             x, y = sample(key)
             return loss_on(theta, x, y)
+
+        def population_loss(key: jax.Array, thetas: jax.Array) -> jax.Array:
+            x, y = sample(key)
+            return jax.vmap(loss_of, in_axes=(0, None))(network.population_apply(thetas, x), y)
 
         def test_metrics(theta: jax.Array) -> dict[str, jax.Array]:
             out = network.apply(theta, x_te)
@@ -172,4 +178,5 @@ class Supervised:
             metric="accuracy" if classify else "mse",
             metric_maximize=classify,
             extra={"sample": sample, "loss_on": loss_on},
+            population_fitness=population_loss if network.has_population_apply else None,
         )

@@ -1,0 +1,132 @@
+"""The speed-ups change no result: unrolled threefry keys, the once-drawn antithetic noise, and
+the MLP's population forward."""
+
+import evosax.algorithms
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from evojax_nets import Evolution
+from evojax_nets.models import MLP
+from evojax_nets.prng import standard_keys, unrolled_keys
+from evojax_nets.strategies import Open_ES, make_strategy
+from evojax_nets.tasks import Supervised, load_digits
+
+DRAWS = {
+    "normal": lambda k: jax.random.normal(k, (7, 13)),
+    "normal_odd": lambda k: jax.random.normal(k, (3,)),
+    "uniform": lambda k: jax.random.uniform(k, (4, 5)),
+    "randint": lambda k: jax.random.randint(k, (33,), 0, 1797),
+    "bits8": lambda k: jax.random.bits(k, (9,), jnp.uint8),
+    "bits16": lambda k: jax.random.bits(k, (9,), jnp.uint16),
+    "split": lambda k: jax.random.key_data(jax.random.split(k, 5)),
+    "fold_in": lambda k: jax.random.key_data(jax.random.fold_in(k, 7)),
+    "permutation": lambda k: jax.random.permutation(k, 50),
+    "bernoulli": lambda k: jax.random.bernoulli(k, 0.3, (40,)),
+}
+
+
+@pytest.mark.parametrize("partitionable", [True, False])
+@pytest.mark.parametrize("name", sorted(DRAWS))
+def test_unrolled_threefry_draws_the_same_bits(name, partitionable):
+    draw = DRAWS[name]
+    with jax.threefry_partitionable(partitionable):
+        key = jax.random.key(42)
+        expected = jax.jit(draw)(key)
+        got = jax.jit(draw)(unrolled_keys(key))
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+
+
+def test_key_reinterpretation_round_trips():
+    tree = {"k": jax.random.key(3), "x": jnp.ones(2), "n": None}
+    back = standard_keys(unrolled_keys(tree))
+    assert back["k"].dtype == tree["k"].dtype
+    np.testing.assert_array_equal(jax.random.key_data(back["k"]), jax.random.key_data(tree["k"]))
+
+
+def test_open_es_population_is_evosax_bit_for_bit():
+    ours = make_strategy("open_es", 16, 37).algorithm
+    assert isinstance(ours, Open_ES)
+    theirs = evosax.algorithms.Open_ES(
+        population_size=16,
+        solution=jnp.zeros(37),
+        optimizer=optax.adam(0.02),
+        std_schedule=optax.constant_schedule(0.05),
+    )
+    mean = jnp.linspace(-1, 1, 37)
+    state = theirs.init(jax.random.key(0), mean, theirs.default_params)
+    key = jax.random.key(1)
+    expected, _ = jax.jit(lambda k, s: theirs.ask(k, s, theirs.default_params))(key, state)
+    got, _ = jax.jit(lambda k, s: ours.ask(k, s, ours.default_params))(unrolled_keys(key), state)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+
+
+def test_open_es_tell_matches_evosax():
+    kwargs = dict(
+        population_size=16,
+        solution=jnp.zeros(37),
+        optimizer=optax.adam(0.02),
+        std_schedule=optax.constant_schedule(0.05),
+    )
+    ours, theirs = Open_ES(**kwargs), evosax.algorithms.Open_ES(**kwargs)
+    state = theirs.init(jax.random.key(0), jnp.linspace(-1, 1, 37), theirs.default_params)
+    population, _ = theirs.ask(jax.random.key(1), state, theirs.default_params)
+    fitness = jnp.sin(jnp.arange(16.0))
+    for _ in range(3):
+        expected, _ = theirs.tell(
+            jax.random.key(2), population, fitness, state, theirs.default_params
+        )
+        got, _ = ours.tell(jax.random.key(2), population, fitness, state, ours.default_params)
+        np.testing.assert_allclose(got.mean, expected.mean, rtol=1e-6, atol=1e-7)
+        assert not np.allclose(got.mean, state.mean)  # the step moved the mean
+        state = expected
+    assert got.generation_counter == expected.generation_counter
+
+
+def test_generation_hands_back_standard_keys():
+    evo = Evolution(
+        nnx.Linear(64, 10, rngs=nnx.Rngs(0)), Supervised.from_dataset(load_digits()), "open_es", 8
+    )
+    state, _ = evo.step(evo.init(jax.random.key(0)))
+    assert jax.random.key_impl(state.key) == "threefry2x32"
+
+
+def test_mlp_population_forward_matches_vmap():
+    model = MLP(64, (32, 16), 10, rngs=nnx.Rngs(0))
+    task = Supervised.from_dataset(load_digits(), batch_size=64)
+    evo = Evolution(model, task, "open_es", 12)
+    assert evo.task.population_fitness is not None
+    thetas = evo.network.theta0 + 0.1 * jax.random.normal(
+        jax.random.key(1), (12, evo.network.num_params)
+    )
+    x = jnp.asarray(load_digits().x_train[:64])
+    fast = evo.network.population_apply(thetas, x)
+    slow = jax.vmap(evo.network.apply, in_axes=(0, None))(thetas, x)
+    np.testing.assert_allclose(fast, slow, rtol=1e-5, atol=1e-5)
+    key = jax.random.key(2)
+    np.testing.assert_allclose(
+        evo.evaluate(key, thetas),
+        jax.vmap(evo.task.fitness, in_axes=(None, 0))(key, thetas),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+
+def test_population_forward_only_when_everything_evolves():
+    model = MLP(64, (16,), 10, rngs=nnx.Rngs(0))
+    evo = Evolution(model, Supervised.from_dataset(load_digits()), "open_es", 8, filter="head")
+    assert evo.task.population_fitness is None
+
+
+def test_mlp_population_groups_change_nothing():
+    model = MLP(8, (6,), 3, rngs=nnx.Rngs(0))
+    params = jax.tree.map(
+        lambda a: jnp.stack([a * (1 + 0.1 * i) for i in range(10)]), nnx.state(model, nnx.Param)
+    )
+    x = jnp.linspace(-1, 1, 40).reshape(5, 8)
+    one = model.population_apply(params, x, groups=1)
+    np.testing.assert_array_equal(model.population_apply(params, x, groups=3), one)
+    assert one.shape == (10, 5, 3)
