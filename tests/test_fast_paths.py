@@ -130,3 +130,26 @@ def test_mlp_population_groups_change_nothing():
     one = model.population_apply(params, x, groups=1)
     np.testing.assert_array_equal(model.population_apply(params, x, groups=3), one)
     assert one.shape == (10, 5, 3)
+
+
+def test_bfloat16_evaluation_is_close_to_float32_and_bad_dtypes_are_refused():
+    ds = load_digits()
+    model = MLP(64, (32,), 10, rngs=nnx.Rngs(0))
+    thetas = None
+    fits = {}
+    for dtype in (None, jnp.bfloat16):
+        task = Supervised.from_dataset(ds, batch_size=128)
+        task = Supervised(task.x_train, task.y_train, task.x_test, task.y_test, compute_dtype=dtype)
+        evo = Evolution(model, task, "open_es", 8)
+        if thetas is None:
+            thetas = evo.network.theta0 + 0.05 * jax.random.normal(
+                jax.random.key(0), (8, evo.network.num_params)
+            )
+        fits[dtype] = np.asarray(evo.evaluate(jax.random.key(1), thetas))
+        grad = jax.grad(evo.task.extra["loss_on"])(thetas[0], task.x_train[:16], task.y_train[:16])
+        assert grad.dtype == jnp.float32 and np.isfinite(grad).all()
+    assert fits[jnp.bfloat16].dtype == np.float32
+    assert not np.array_equal(fits[None], fits[jnp.bfloat16])  # it did compute in bfloat16
+    np.testing.assert_allclose(fits[jnp.bfloat16], fits[None], rtol=0.03)
+    with pytest.raises(ValueError, match="compute_dtype must be a floating dtype"):
+        Evolution(model, Supervised(ds.x_train, ds.y_train, compute_dtype=jnp.int32), "snes", 8)

@@ -8,7 +8,7 @@ minibatch loss, minimised. Test metrics use the whole test set.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +31,10 @@ class Supervised:
         squared error).
       batch_size: examples per generation; ``None`` uses the whole training set.
       num_classes: for classification; inferred from the network's output width if omitted.
+      compute_dtype: dtype of the forward passes that give fitness and gradients, for example
+        ``jnp.bfloat16`` (weights and inputs are cast before the forward pass; outputs and the
+        loss are float32). ``None`` (default): the network's own dtype. Test metrics are
+        always computed in float32.
 
     Example:
       >>> from evojax_nets.tasks import Supervised, load_digits
@@ -44,6 +48,7 @@ class Supervised:
     kind: Literal["classification", "regression"] = "classification"
     batch_size: int | None = 256
     num_classes: int | None = None
+    compute_dtype: Any = None
     maximize: bool = field(default=False, init=False)
 
     @classmethod
@@ -62,6 +67,11 @@ class Supervised:
     def _validate(self, network: Network) -> tuple[int, ...]:
         if self.kind not in ("classification", "regression"):
             raise ValueError(f"kind must be 'classification' or 'regression', got {self.kind!r}")
+        if self.compute_dtype is not None and not jnp.issubdtype(self.compute_dtype, jnp.floating):
+            raise ValueError(
+                "compute_dtype must be a floating dtype such as jnp.bfloat16, jnp.float16 or "
+                f"jnp.float32 (or None for the network's own), got {self.compute_dtype!r}"
+            )
         xs = [("x_train", self.x_train, "y_train", self.y_train)]
         if self.x_test is not None or self.y_test is not None:
             if self.x_test is None or self.y_test is None:
@@ -144,8 +154,13 @@ class Supervised:
                 return optax.softmax_cross_entropy_with_integer_labels(out, y).mean()
             return jnp.mean((out.reshape(y.shape) - y) ** 2)
 
+        def cast(*arrays: jax.Array) -> tuple[jax.Array, ...]:
+            if self.compute_dtype is None:
+                return arrays
+            return tuple(a.astype(self.compute_dtype) for a in arrays)
+
         def loss_on(theta: jax.Array, x: jax.Array, y: jax.Array) -> jax.Array:
-            return loss_of(network.apply(theta, x), y)
+            return loss_of(network.apply(*cast(theta, x)).astype(jnp.float32), y)
 
         def sample(key: jax.Array) -> tuple[jax.Array, jax.Array]:
             if batch is None or batch >= n:
@@ -159,7 +174,8 @@ class Supervised:
 
         def population_loss(key: jax.Array, thetas: jax.Array) -> jax.Array:
             x, y = sample(key)
-            return jax.vmap(loss_of, in_axes=(0, None))(network.population_apply(thetas, x), y)
+            out = network.population_apply(*cast(thetas, x)).astype(jnp.float32)
+            return jax.vmap(loss_of, in_axes=(0, None))(out, y)
 
         def test_metrics(theta: jax.Array) -> dict[str, jax.Array]:
             out = network.apply(theta, x_te)
