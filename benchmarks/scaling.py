@@ -114,6 +114,7 @@ def plot(results: list[dict], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
     for col, (key, label) in enumerate((("population", "population P"), ("num_params", "D"))):
@@ -131,6 +132,32 @@ def plot(results: list[dict], path: Path) -> None:
                 xs, [r["generations_per_s"] for r in rows], marker, ls="-", label=mode
             )
             axes[1, col].loglog(xs, [r["peak_rss_gb"] for r in rows], marker, ls="-", label=mode)
+        ok = sorted((r for r in fixed if r["mode"] == "vmap"), key=lambda r: r[key])
+        if ok:  # the linear-cost reference: generations/s proportional to 1 / x
+            last = ok[-1]
+            xs = np.array([r[key] for r in ok], float)
+            ref = last["generations_per_s"] * last[key] / xs
+            axes[0, col].loglog(xs, ref, "k:", alpha=0.6, label="cost linear in " + label)
+        refused = [
+            r
+            for r in results
+            if r.get("status") == "refused"
+            and (
+                (key == "population" and r["hidden"] == [hidden_for(10_000)])
+                or (key == "num_params" and r["population"] == 256)
+            )
+        ]
+        by_x: dict[float, list[dict]] = {}
+        for r in refused:
+            by_x.setdefault(r[key] or r["population"], []).append(r)
+        for x, rows in by_x.items():
+            modes = ", ".join(r["mode"] for r in rows)
+            axes[1, col].annotate(
+                f"{modes}: refused\nby the memory estimate",
+                (x, rows[0]["peak_rss_gb"]),
+                fontsize=8,
+                ha="right",
+            )
         axes[0, col].set_ylabel("generations / s")
         axes[1, col].set_ylabel("peak RSS (GB)")
         for row in range(2):
@@ -153,7 +180,13 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per configuration")
     parser.add_argument("--big", action="store_true", help="only the 10M-parameter, P=1024 case")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/scaling.json"))
+    parser.add_argument(
+        "--replot", action="store_true", help="redraw the PNG from the JSON at --out, run nothing"
+    )
     args = parser.parse_args()
+    if args.replot:
+        plot(json.loads(args.out.read_text())["results"], args.out.with_suffix(".png"))
+        return
 
     if args.big:
         cfg = {
