@@ -43,15 +43,6 @@ import jax
 import jax.numpy as jnp
 import optax
 from evosax.algorithms.population_based.base import (
-    Params as _PopParams,
-)
-from evosax.algorithms.population_based.base import (
-    PopulationBasedAlgorithm,
-)
-from evosax.algorithms.population_based.base import (
-    State as _PopState,
-)
-from evosax.algorithms.population_based.base import (
     metrics_fn as _pop_metrics_fn,
 )
 from evosax.core.fitness_shaping import identity_fitness_shaping_fn
@@ -59,7 +50,7 @@ from flax import struct
 
 from evojax_nets.nets import Network, as_network
 from evojax_nets.ops import Members, OpContext, PopulationOp
-from evojax_nets.strategies import DEFAULT_STD
+from evojax_nets.strategies import DEFAULT_STD, DeepGA, DeepGAParams, DeepGAState
 from evojax_nets.types import Population
 
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -378,17 +369,7 @@ def blended_mean_update(
     )
 
 
-@struct.dataclass
-class ESGDParams(_PopParams):
-    std: jax.Array
-
-
-@struct.dataclass
-class ESGDState(_PopState):
-    pass
-
-
-class ESGD(PopulationBasedAlgorithm):
+class ESGD(DeepGA):
     """The evolution phase of ESGD (Cui et al. 2018); pair it with :func:`esgd`'s SGD phase.
 
     The population of ``P = mu + lambda`` rows is, each generation: the ``mu`` parents
@@ -399,7 +380,8 @@ class ESGD(PopulationBasedAlgorithm):
     (diversity; our reading of the paper's "m-elitist average fitness selection"). Because the
     elites come back unmutated and the SGD phase backs off, the best fitness never gets worse
     (exactly so when the fitness is deterministic, for example a full-batch loss).
-    ``std`` is a params array (sweepable).
+    ``std`` is a params array (sweepable). State, params and ``tell`` are
+    :class:`~evojax_nets.strategies.DeepGA`'s; only selection and variation differ.
     """
 
     def __init__(
@@ -412,7 +394,6 @@ class ESGD(PopulationBasedAlgorithm):
         fitness_shaping_fn: Callable = identity_fitness_shaping_fn,
         metrics_fn: Callable = _pop_metrics_fn,
     ):
-        super().__init__(population_size, solution, fitness_shaping_fn, metrics_fn)
         num_parents = max(2, population_size // 4) if num_parents is None else num_parents
         if not 1 <= num_parents < population_size:
             raise ValueError(
@@ -422,24 +403,11 @@ class ESGD(PopulationBasedAlgorithm):
             raise ValueError(
                 f"num_elites must be in [1, num_parents={num_parents}], got {num_elites}"
             )
-        self.num_parents = num_parents
-        self.num_elites_kept = num_elites
-        self._std = std
-
-    @property
-    def _default_params(self) -> ESGDParams:
-        return ESGDParams(std=jnp.asarray(self._std, jnp.float32))
-
-    def _init(self, key: jax.Array, params: ESGDParams) -> ESGDState:
-        return ESGDState(
-            population=jnp.full((self.population_size, self.num_dims), jnp.nan),
-            fitness=jnp.full((self.population_size,), jnp.inf),
-            best_solution=jnp.full((self.num_dims,), jnp.nan),
-            best_fitness=jnp.inf,
-            generation_counter=0,
+        super().__init__(
+            population_size, solution, num_parents, num_elites, std, fitness_shaping_fn, metrics_fn
         )
 
-    def _ask(self, key: jax.Array, state: ESGDState, params: ESGDParams):
+    def _ask(self, key: jax.Array, state: DeepGAState, params: DeepGAParams):
         mu, m = self.num_parents, self.num_elites_kept
         num_children = self.population_size - mu
         k_rest, k_pair, k_mut = jax.random.split(key, 3)
@@ -450,9 +418,6 @@ class ESGD(PopulationBasedAlgorithm):
         children = 0.5 * (parents[pairs[:, 0]] + parents[pairs[:, 1]])
         children = children + params.std * jax.random.normal(k_mut, children.shape)
         return jnp.concatenate([parents, children]), state
-
-    def _tell(self, key, population, fitness, state: ESGDState, params: ESGDParams):
-        return state.replace(population=population, fitness=fitness)
 
 
 def esgd(
