@@ -227,8 +227,53 @@ def _lecun(key: jax.Array, shape: tuple[int, ...], fan_in: int) -> jax.Array:
 # -- search spaces --------------------------------------------------------------------------
 
 
+class _LayerSpace:
+    """What the MLP and CNN spaces share: up to ``max_depth`` layers, each with a size gene
+    (``<_gene>_l``, a value of the ``_sizes_field`` tuple) and an activation gene ``act_l``."""
+
+    _gene = ""  # "width" or "channels"
+    _sizes_field = ""  # the dataclass field holding the allowed sizes
+
+    def _size_choices(self) -> tuple[int, ...]:
+        return getattr(self, self._sizes_field)
+
+    def genes(self) -> dict[str, Choice]:
+        """The gene search space (for :class:`~evojax_nets.pbt.PBT`)."""
+        out: dict[str, Choice] = {"depth": Choice(range(self.min_depth, self.max_depth + 1))}
+        for layer in range(self.max_depth):
+            out[f"{self._gene}_{layer}"] = Choice(self._size_choices())
+            out[f"act_{layer}"] = Choice(range(len(self.activations)), ordered=False)
+        return out
+
+    @property
+    def max_genes(self) -> dict[str, int]:
+        """The genes of the largest network."""
+        g = {"depth": self.max_depth}
+        for layer in range(self.max_depth):
+            g[f"{self._gene}_{layer}"] = self._size_choices()[-1]
+            g[f"act_{layer}"] = 0
+        return g
+
+    @property
+    def max_num_params(self) -> int:
+        return int(self.num_params(self.max_genes))
+
+    @property
+    def max_flops(self) -> int:
+        return int(self.flops(self.max_genes))
+
+    def architecture(self, genes: Genes) -> dict[str, list]:
+        """The expressed architecture: ``{<sizes field>: [...], "activations": [...]}``."""
+        g = _concrete_genes(genes)
+        d = g["depth"]
+        return {
+            self._sizes_field: [g[f"{self._gene}_{layer}"] for layer in range(d)],
+            "activations": [self.activations[g[f"act_{layer}"]] for layer in range(d)],
+        }
+
+
 @dataclass(frozen=True)
-class MLPSpace:
+class MLPSpace(_LayerSpace):
     """The architectures of an MLP: depth, width and activation of every hidden layer.
 
     The masked network has ``max_depth`` hidden layers of ``max(widths)`` units. Genes:
@@ -248,6 +293,8 @@ class MLPSpace:
     widths: tuple[int, ...] = (16, 32, 64, 128)
     activations: tuple[str, ...] = ("relu", "tanh", "gelu", "silu")
     min_depth: int = 1
+    _gene = "width"
+    _sizes_field = "widths"
 
     def __post_init__(self) -> None:
         _check_int(self.in_features, "in_features")
@@ -264,14 +311,6 @@ class MLPSpace:
     @property
     def max_width(self) -> int:
         return self.widths[-1]
-
-    def genes(self) -> dict[str, Choice]:
-        """The gene search space (for :class:`~evojax_nets.pbt.PBT`)."""
-        out: dict[str, Choice] = {"depth": Choice(range(self.min_depth, self.max_depth + 1))}
-        for layer in range(self.max_depth):
-            out[f"width_{layer}"] = Choice(self.widths)
-            out[f"act_{layer}"] = Choice(range(len(self.activations)), ordered=False)
-        return out
 
     def init_params(self, key: jax.Array) -> dict[str, Any]:
         """Weights of the largest network (LeCun-normal kernels, zero biases)."""
@@ -325,36 +364,10 @@ class MLPSpace:
         macs = sum(f * o for f, o in zip(fan_ins, outs, strict=True)) + last * self.out_features
         return 2 * macs
 
-    @property
-    def max_genes(self) -> dict[str, int]:
-        """The genes of the largest network."""
-        g = {"depth": self.max_depth}
-        for layer in range(self.max_depth):
-            g[f"width_{layer}"] = self.max_width
-            g[f"act_{layer}"] = 0
-        return g
-
-    @property
-    def max_num_params(self) -> int:
-        return int(self.num_params(self.max_genes))
-
-    @property
-    def max_flops(self) -> int:
-        return int(self.flops(self.max_genes))
-
     def activation_bytes(self, batch: int) -> int:
         """Bytes of one member's activations for ``batch`` examples (forward and backward)."""
         per = self.max_width * self.max_depth * (len(self.activations) + 3)
         return 4 * batch * (per + self.in_features + self.out_features)
-
-    def architecture(self, genes: Genes) -> dict[str, list]:
-        """The expressed architecture: ``{"widths": [...], "activations": [...]}``."""
-        g = _concrete_genes(genes)
-        d = g["depth"]
-        return {
-            "widths": [g[f"width_{layer}"] for layer in range(d)],
-            "activations": [self.activations[g[f"act_{layer}"]] for layer in range(d)],
-        }
 
     def describe(self, genes: Genes) -> str:
         """For example ``"64 -> 32 relu -> 16 tanh -> 10"``."""
@@ -395,7 +408,7 @@ class MLPSpace:
 
 
 @dataclass(frozen=True)
-class CNNSpace:
+class CNNSpace(_LayerSpace):
     """The architectures of a small CNN: number of conv layers, channels and activation per
     layer; ``SAME`` padding, stride 1, then a flatten (or global-mean) readout and a linear head.
 
@@ -415,6 +428,8 @@ class CNNSpace:
     kernel_size: int = 3
     readout: Literal["flatten", "mean"] = "flatten"
     min_depth: int = 1
+    _gene = "channels"
+    _sizes_field = "channels"
 
     def __post_init__(self) -> None:
         shape = tuple(self.input_shape) if isinstance(self.input_shape, Sequence) else ()
@@ -446,14 +461,6 @@ class CNNSpace:
 
     def _head_rows(self, channels: jax.Array | int) -> jax.Array | int:
         return channels * self._pixels if self.readout == "flatten" else channels
-
-    def genes(self) -> dict[str, Choice]:
-        """The gene search space (for :class:`~evojax_nets.pbt.PBT`)."""
-        out: dict[str, Choice] = {"depth": Choice(range(self.min_depth, self.max_depth + 1))}
-        for layer in range(self.max_depth):
-            out[f"channels_{layer}"] = Choice(self.channels)
-            out[f"act_{layer}"] = Choice(range(len(self.activations)), ordered=False)
-        return out
 
     def init_params(self, key: jax.Array) -> dict[str, Any]:
         """Weights of the largest network (LeCun-normal kernels, zero biases)."""
@@ -515,36 +522,10 @@ class CNNSpace:
         conv = sum(self._pixels * kk * f * o for f, o in zip(fan_ins, outs, strict=True))
         return 2 * (conv + self._head_rows(last) * self.out_features)
 
-    @property
-    def max_genes(self) -> dict[str, int]:
-        """The genes of the largest network."""
-        g = {"depth": self.max_depth}
-        for layer in range(self.max_depth):
-            g[f"channels_{layer}"] = self.max_channels
-            g[f"act_{layer}"] = 0
-        return g
-
-    @property
-    def max_num_params(self) -> int:
-        return int(self.num_params(self.max_genes))
-
-    @property
-    def max_flops(self) -> int:
-        return int(self.flops(self.max_genes))
-
     def activation_bytes(self, batch: int) -> int:
         """Bytes of one member's activations for ``batch`` examples (forward and backward)."""
         per = self._pixels * self.max_channels * self.max_depth * (len(self.activations) + 3)
         return 4 * batch * (per + self._pixels * self.input_shape[2] + self.out_features)
-
-    def architecture(self, genes: Genes) -> dict[str, list]:
-        """The expressed architecture: ``{"channels": [...], "activations": [...]}``."""
-        g = _concrete_genes(genes)
-        d = g["depth"]
-        return {
-            "channels": [g[f"channels_{layer}"] for layer in range(d)],
-            "activations": [self.activations[g[f"act_{layer}"]] for layer in range(d)],
-        }
 
     def describe(self, genes: Genes) -> str:
         """For example ``"8x8x1 -> conv 8 relu -> conv 16 tanh -> flatten -> 10"``."""
