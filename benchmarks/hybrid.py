@@ -527,12 +527,18 @@ def minima_contenders(seed: int, args) -> tuple[list[Runner], Callable]:
             pop,
             std=args.minima_std,
             population_init=inits,
-            strategy_kwargs={"num_parents": pop // 2},
+            strategy_kwargs={"num_parents": pop // 2, "num_elites": args.minima_elites},
             ops=gradient_steps(optax.adam(lr), steps, mode=mode),
         )
 
     strategy, op = esgd(
-        model, pop, optax.adam(lr), steps, num_parents=pop // 2, std=args.minima_std
+        model,
+        pop,
+        optax.adam(lr),
+        steps,
+        num_parents=pop // 2,
+        num_elites=min(args.minima_elites, pop // 2),
+        std=args.minima_std,
     )
     make: dict[str, Callable[[], Runner]] = {
         "adam": lambda: adam_runner(
@@ -809,6 +815,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--minima-lr", type=float, default=1e-2)
     p.add_argument("--minima-steps", type=int, default=100, help="hybrids' steps per generation")
     p.add_argument("--minima-std", type=float, default=0.5, help="hybrids' mutation scale")
+    p.add_argument(
+        "--minima-elites",
+        type=int,
+        default=1,
+        help="hybrids' members kept unmutated (and training on) each generation",
+    )
     p.add_argument("--parity-bits", type=int, default=4)
     p.add_argument("--spiral-turns", type=float, default=3.0)
     p.add_argument(
