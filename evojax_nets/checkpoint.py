@@ -86,7 +86,18 @@ def save(
     history: History | None = None,
     keep: int | None = 3,
 ) -> int:
-    """Save ``state`` (and the history) as step ``state.generation``; returns the step."""
+    """Save ``state`` (and the history) as step ``state.generation``; returns the step.
+
+    Example:
+      >>> import tempfile
+      >>> from flax import nnx
+      >>> fitness = lambda key, m: jnp.sum(m(jnp.ones((1, 2))) ** 2)
+      >>> evo = Evolution(nnx.Linear(2, 1, rngs=nnx.Rngs(0)), fitness, "snes", 4, maximize=False)
+      >>> state, history = evo.run(evo.init(jax.random.key(0)), 3)
+      >>> with tempfile.TemporaryDirectory() as d:
+      ...     print(save(d, evo, state, history), available_steps(d))
+      3 [3]
+    """
     import orbax.checkpoint as ocp
 
     if jax.process_index() != 0:
@@ -111,7 +122,20 @@ def save(
 
 
 def available_steps(directory: str | os.PathLike) -> list[int]:
-    """The generations at which complete checkpoints exist in ``directory``."""
+    """The generations at which complete checkpoints exist in ``directory``.
+
+    Example:
+      >>> import tempfile
+      >>> from flax import nnx
+      >>> fitness = lambda key, m: jnp.sum(m(jnp.ones((1, 2))) ** 2)
+      >>> evo = Evolution(nnx.Linear(2, 1, rngs=nnx.Rngs(0)), fitness, "snes", 4, maximize=False)
+      >>> state = evo.init(jax.random.key(0))
+      >>> with tempfile.TemporaryDirectory() as d:
+      ...     empty = available_steps(d)
+      ...     _ = evo.run(state, 4, chunk_size=2, callbacks=[Checkpointer(d, every=2)])
+      ...     print(empty, available_steps(d))
+      [] [2, 4]
+    """
     if not Path(directory).is_dir():
         return []
     with _manager(directory, None, create=False) as mngr:
@@ -140,6 +164,18 @@ def restore(
 
     Raises :class:`CheckpointError` when there is none, when it is corrupted (naming the other
     steps still available), or when it was saved by a different network or strategy.
+
+    Example:
+      >>> import tempfile
+      >>> from flax import nnx
+      >>> fitness = lambda key, m: jnp.sum(m(jnp.ones((1, 2))) ** 2)
+      >>> evo = Evolution(nnx.Linear(2, 1, rngs=nnx.Rngs(0)), fitness, "snes", 4, maximize=False)
+      >>> state, history = evo.run(evo.init(jax.random.key(0)), 2)
+      >>> with tempfile.TemporaryDirectory() as d:
+      ...     _ = save(d, evo, state, history)
+      ...     restored, old = restore(d, evo)
+      >>> tree_equal(restored, state), len(old.rows)
+      (True, 2)
     """
     import orbax.checkpoint as ocp
 
@@ -191,7 +227,20 @@ def restore(
 def resume(
     evolution: Evolution, directory: str | os.PathLike, step: int | None = None
 ) -> tuple[EvolutionState, History]:
-    """``restore`` for the usual case: continue ``evolution`` from its latest checkpoint."""
+    """``restore`` for the usual case: continue ``evolution`` from its latest checkpoint.
+
+    Example:
+      >>> import tempfile
+      >>> from flax import nnx
+      >>> fitness = lambda key, m: jnp.sum(m(jnp.ones((1, 2))) ** 2)
+      >>> evo = Evolution(nnx.Linear(2, 1, rngs=nnx.Rngs(0)), fitness, "snes", 4, maximize=False)
+      >>> with tempfile.TemporaryDirectory() as d:
+      ...     _ = evo.run(evo.init(jax.random.key(0)), 2, callbacks=[Checkpointer(d, every=2)])
+      ...     state, history = resume(evo, d)
+      >>> state, more = evo.run(state, 2)  # generations 3 and 4
+      >>> int(state.generation), len(history.rows) + len(more.rows)
+      (4, 4)
+    """
     return restore(directory, evolution, step)
 
 
@@ -201,6 +250,17 @@ class Checkpointer(Callback):
 
     ``every`` should be a multiple of the run's ``chunk_size``: checkpoints are taken between
     chunks, never inside the jitted scan.
+
+    Example:
+      >>> import tempfile
+      >>> from flax import nnx
+      >>> fitness = lambda key, m: jnp.sum(m(jnp.ones((1, 2))) ** 2)
+      >>> evo = Evolution(nnx.Linear(2, 1, rngs=nnx.Rngs(0)), fitness, "snes", 4, maximize=False)
+      >>> with tempfile.TemporaryDirectory() as d:
+      ...     ckpt = Checkpointer(d, every=2, keep=2)
+      ...     _ = evo.run(evo.init(jax.random.key(0)), 6, chunk_size=2, callbacks=[ckpt])
+      ...     print(available_steps(d))
+      [4, 6]
     """
 
     def __init__(self, directory: str | os.PathLike, every: int = 50, keep: int | None = 3):
@@ -238,7 +298,15 @@ class Checkpointer(Callback):
 
 
 def tree_equal(a: Any, b: Any) -> bool:
-    """Bit-for-bit equality of two states (keys compared by their raw data)."""
+    """Bit-for-bit equality of two states (keys compared by their raw data).
+
+    Example:
+      >>> a = {"key": jax.random.key(0), "x": jnp.arange(3.0)}
+      >>> tree_equal(a, {"key": jax.random.key(0), "x": jnp.arange(3.0)})
+      True
+      >>> tree_equal(a, {"key": jax.random.key(1), "x": jnp.arange(3.0)})
+      False
+    """
     la, lb = jax.tree.leaves(_to_storable(a)[0]), jax.tree.leaves(_to_storable(b)[0])
     return len(la) == len(lb) and all(
         np.asarray(x).dtype == np.asarray(y).dtype
