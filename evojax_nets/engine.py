@@ -102,6 +102,13 @@ def sanitize_fitness(fitness: jax.Array) -> tuple[jax.Array, jax.Array]:
 
     Returns the cleaned fitness and the mask of finite entries. ``-inf`` would otherwise win
     in evosax, and ``NaN`` breaks some fitness shapings.
+
+    Example:
+      >>> clean, finite = sanitize_fitness(jnp.array([1.0, jnp.nan, 3.0, -jnp.inf]))
+      >>> finite.tolist()
+      [True, False, True, False]
+      >>> bool(clean[1] > 3.0), bool(clean[3] > 3.0), bool(jnp.isfinite(clean).all())
+      (True, True, True)
     """
     finite = jnp.isfinite(fitness)
     any_finite = jnp.any(finite)
@@ -115,7 +122,16 @@ def sanitize_fitness(fitness: jax.Array) -> tuple[jax.Array, jax.Array]:
 class History:
     """Per-generation metrics of a run. Rows at chunk ends also carry ``wall_time`` (seconds
     since the run started, compilation included) and the test metrics of the best member
-    (``test_<metric>_best``) and of the mean (``test_<metric>_mean``)."""
+    (``test_<metric>_best``) and of the mean (``test_<metric>_mean``).
+
+    Example:
+      >>> h = History(rows=[{"generation": 1, "best_fitness": 2.0},
+      ...                   {"generation": 2, "best_fitness": 1.0, "wall_time": 0.5}])
+      >>> h.column("best_fitness").tolist(), h.last["generation"]
+      ([2.0, 1.0], 2)
+      >>> h.last_with("wall_time")["generation"], h.column("wall_time").shape
+      (2, (2,))
+    """
 
     rows: list[dict[str, float]] = field(default_factory=list)
 
@@ -136,7 +152,22 @@ class History:
 
 
 class Callback:
-    """Host-side hooks, called between chunks; subclass and override what you need."""
+    """Host-side hooks, called between chunks; subclass and override what you need.
+
+    Example:
+      >>> from flax import nnx
+      >>> class CountChunks(Callback):
+      ...     def __init__(self):
+      ...         self.chunks = 0
+      ...     def on_chunk(self, evolution, state, rows):
+      ...         self.chunks += 1
+      >>> fitness = lambda key, m: jnp.sum(m(jnp.ones((1, 2))) ** 2)
+      >>> evo = Evolution(nnx.Linear(2, 1, rngs=nnx.Rngs(0)), fitness, "snes", 4, maximize=False)
+      >>> counter = CountChunks()
+      >>> _ = evo.run(evo.init(jax.random.key(0)), 3, chunk_size=1, callbacks=[counter])
+      >>> counter.chunks
+      3
+    """
 
     def on_start(self, evolution: Evolution, state: EvolutionState, num_generations: int) -> None:
         pass
@@ -162,7 +193,14 @@ def _memory_of(compiled: Any) -> dict[str, int]:
 
 
 def gaussian_population_init(theta0: Genome, std: float) -> PopulationInit:
-    """Initial population: the network's own initialisation (member 0) plus Gaussian noise."""
+    """Initial population: the network's own initialisation (member 0) plus Gaussian noise.
+
+    Example:
+      >>> theta0 = jnp.arange(3.0)
+      >>> population = gaussian_population_init(theta0, std=0.1)(jax.random.key(0), 5)
+      >>> population.shape, bool((population[0] == theta0).all())
+      ((5, 3), True)
+    """
 
     def init(key: jax.Array, population_size: int) -> Population:
         noise = jax.random.normal(key, (population_size, theta0.shape[0]), theta0.dtype)
