@@ -45,6 +45,17 @@ class Network:
       kind: ``"nnx"``, ``"linen"`` or ``"train_state"``.
       theta0: the user's own initial parameters, raveled, shape ``(D,)``.
       paths: the ``/``-joined path of every evolved leaf, in genome order.
+
+    Example:
+      >>> net = from_nnx(nnx.Linear(3, 2, rngs=nnx.Rngs(0)))
+      >>> net.kind, net.num_params, net.paths
+      ('nnx', 8, ('bias', 'kernel'))
+      >>> net.apply(net.theta0, jnp.ones((5, 3))).shape
+      (5, 2)
+      >>> net.population_apply(jnp.zeros((4, 8)), jnp.ones((5, 3))).shape
+      (4, 5, 2)
+      >>> type(net.export(net.theta0)).__name__
+      'Linear'
     """
 
     kind: str
@@ -220,6 +231,18 @@ def from_linen(
       method: passed to ``module.apply`` (for example ``"encode"``).
 
     Members are full variables dicts: ``module.apply(member, x)``.
+
+    Example:
+      >>> import flax.linen as nn
+      >>> module = nn.Dense(2)
+      >>> variables = module.init(jax.random.key(0), jnp.ones((1, 3)))
+      >>> net = from_linen(module, variables)
+      >>> net.num_params, net.paths
+      (8, ('bias', 'kernel'))
+      >>> net.apply(net.theta0, jnp.ones((5, 3))).shape
+      (5, 2)
+      >>> from_linen(module, variables, filter="kernel").num_params  # only the kernel evolves
+      6
     """
     if "params" not in variables:
         raise ValueError(
@@ -259,6 +282,19 @@ def from_train_state(
       filter: which params evolve (see :data:`PathFilter`).
       extra_variables: other collections the ``apply_fn`` needs, for example
         ``{"batch_stats": state.batch_stats}``.
+
+    Example:
+      >>> import flax.linen as nn
+      >>> import optax
+      >>> from flax.training.train_state import TrainState
+      >>> module = nn.Dense(2)
+      >>> params = module.init(jax.random.key(0), jnp.ones((1, 3)))["params"]
+      >>> state = TrainState.create(apply_fn=module.apply, params=params, tx=optax.sgd(0.1))
+      >>> net = from_train_state(state)
+      >>> net.kind, net.num_params
+      ('train_state', 8)
+      >>> type(net.export(net.theta0)).__name__
+      'TrainState'
     """
     if not (hasattr(state, "params") and hasattr(state, "apply_fn") and hasattr(state, "replace")):
         raise TypeError(
@@ -280,7 +316,17 @@ def from_train_state(
 
 def as_network(model: Any, variables: Mapping[str, Any] | None = None, **kwargs: Any) -> Network:
     """Dispatch to the right adapter: a :class:`Network` passes through; an NNX module, a
-    TrainState, or a linen module with its ``variables`` are wrapped."""
+    TrainState, or a linen module with its ``variables`` are wrapped.
+
+    Example:
+      >>> import flax.linen as nn
+      >>> net = as_network(nnx.Linear(3, 2, rngs=nnx.Rngs(0)))
+      >>> net.kind, as_network(net) is net
+      ('nnx', True)
+      >>> module = nn.Dense(2)
+      >>> as_network(module, module.init(jax.random.key(0), jnp.ones((1, 3)))).kind
+      'linen'
+    """
     if isinstance(model, Network):
         return model
     if isinstance(model, nnx.Module):
