@@ -30,7 +30,16 @@ from evojax_nets.types import Population
 
 
 class Members(NamedTuple):
-    """What the strategy proposed (``genome``) and what will be evaluated (``phenotype``)."""
+    """What the strategy proposed (``genome``) and what will be evaluated (``phenotype``).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> population = jnp.zeros((4, 3))
+      >>> members = Members(genome=population, phenotype=population)
+      >>> members = members._replace(phenotype=members.phenotype + 1.0)  # Baldwinian change
+      >>> members.genome.shape, float(members.genome.sum()), float(members.phenotype.sum())
+      ((4, 3), 0.0, 12.0)
+    """
 
     genome: Population
     phenotype: Population
@@ -66,7 +75,28 @@ def no_hook(key: jax.Array, strategy_state: Any, op_state: Any, ctx: OpContext) 
 class PopulationOp:
     """An operator on the population: ``init(key, population) -> state`` and
     ``apply(key, members, state, ctx) -> (members, state)``; optionally hooks on the
-    strategy state, ``before_ask`` and ``after_tell`` (see the module docstring)."""
+    strategy state, ``before_ask`` and ``after_tell`` (see the module docstring).
+
+    Example:
+      A Lamarckian operator that clips every member to ``[-1, 1]`` and counts its calls:
+
+      >>> import jax.numpy as jnp
+      >>> clip = PopulationOp(
+      ...     init=lambda key, population: jnp.int32(0),
+      ...     apply=lambda key, members, calls, ctx: (
+      ...         Members(*(jnp.clip(a, -1.0, 1.0) for a in members)), calls + 1
+      ...     ),
+      ... )
+      >>> ctx = OpContext(loss=None, fitness=lambda k, th: th.sum(), generation=jnp.int32(0))
+      >>> population = jnp.full((4, 3), 5.0)
+      >>> members = Members(genome=population, phenotype=population)
+      >>> calls = clip.init(jax.random.key(0), population)
+      >>> members, calls = clip.apply(jax.random.key(1), members, calls, ctx)
+      >>> float(members.genome.max()), float(members.phenotype.max()), int(calls)
+      (1.0, 1.0, 1)
+
+      Pass it to the engine as ``Evolution(..., ops=clip)`` (or a list of operators).
+    """
 
     init: InitFn
     apply: ApplyFn
@@ -75,7 +105,17 @@ class PopulationOp:
 
 
 def identity() -> PopulationOp:
-    """The operator that changes nothing (the engine's default)."""
+    """The operator that changes nothing (the engine's default).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> op = identity()
+      >>> population = jnp.ones((4, 3))
+      >>> ctx = OpContext(loss=None, fitness=lambda k, th: th.sum(), generation=jnp.int32(0))
+      >>> out, state = op.apply(jax.random.key(0), Members(population, population), (), ctx)
+      >>> out.phenotype is population, op.init(jax.random.key(0), population)
+      (True, ())
+    """
     return PopulationOp(
         init=lambda key, population: (),
         apply=lambda key, members, state, ctx: (members, state),
@@ -83,7 +123,23 @@ def identity() -> PopulationOp:
 
 
 def chain(*ops: PopulationOp) -> PopulationOp:
-    """Apply ``ops`` in order; each gets its own key and keeps its own state."""
+    """Apply ``ops`` in order; each gets its own key and keeps its own state.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> def add(c):  # a Baldwinian operator: only the phenotype changes
+      ...     return PopulationOp(
+      ...         init=lambda key, population: (),
+      ...         apply=lambda key, m, state, ctx: (m._replace(phenotype=m.phenotype + c), state),
+      ...     )
+      >>> op = chain(add(1.0), add(10.0))
+      >>> population = jnp.zeros((4, 3))
+      >>> ctx = OpContext(loss=None, fitness=lambda k, th: th.sum(), generation=jnp.int32(0))
+      >>> state = op.init(jax.random.key(0), population)
+      >>> out, state = op.apply(jax.random.key(1), Members(population, population), state, ctx)
+      >>> float(out.phenotype[0, 0]), float(out.genome[0, 0]), state
+      (11.0, 0.0, ((), ()))
+    """
     if not all(isinstance(op, PopulationOp) for op in ops):
         bad = [type(op).__name__ for op in ops if not isinstance(op, PopulationOp)]
         raise TypeError(f"chain takes PopulationOp values; got {bad}")
