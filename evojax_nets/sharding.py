@@ -17,7 +17,17 @@ from jax.sharding import Mesh
 
 def population_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A one-axis mesh named ``"pop"`` over ``devices`` (default: every device of every
-    process, ``jax.devices()``). The population size must be a multiple of its size."""
+    process, ``jax.devices()``). The population size must be a multiple of its size.
+
+    Example:
+      >>> mesh = population_mesh()
+      >>> mesh.axis_names, mesh.shape["pop"] == len(jax.devices())
+      (('pop',), True)
+      >>> population_mesh(jax.devices()[:1]).shape["pop"]
+      1
+
+      Pass it (or ``mesh=True``) to ``Evolution(..., mesh=mesh)`` to shard the population.
+    """
     devices = list(jax.devices() if devices is None else devices)
     if not devices:
         raise ValueError("devices is empty; pass at least one device")
@@ -36,6 +46,11 @@ def initialize_distributed(
     discovered from the environment: call it with none. By hand, give the coordinator's
     ``host:port`` (process 0 listens there), the number of processes and this one's id.
     ``cpu_collectives="gloo"`` lets CPU processes exchange data (for tests on one machine).
+
+    Example:
+      >>> initialize_distributed()  # under SLURM / Open MPI / Cloud TPU  # doctest: +SKIP
+      >>> initialize_distributed("10.0.0.1:1234", num_processes=2, process_id=0)  # doctest: +SKIP
+      >>> mesh = population_mesh()  # every device of every process  # doctest: +SKIP
     """
     if cpu_collectives is not None:
         jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
