@@ -92,6 +92,19 @@ class DeepGA(PopulationBasedAlgorithm):
     are re-evaluated, as in the paper), the rest are a uniformly chosen parent plus
     ``std * N(0, I)``. The mutation scale ``std`` is a params array, so it can be swept with
     ``vmap`` or scheduled without recompiling.
+
+    Example:
+      >>> ga = DeepGA(population_size=8, solution=jnp.zeros(3), num_parents=2, num_elites=1)
+      >>> params = ga.default_params
+      >>> population = jax.random.normal(jax.random.key(0), (8, 3))
+      >>> fitness = jnp.sum(population**2, axis=1)  # minimised
+      >>> state = ga.init(jax.random.key(1), population, fitness, params)
+      >>> children, state = ga.ask(jax.random.key(2), state, params)
+      >>> children.shape, bool((children[0] == population[jnp.argmin(fitness)]).all())
+      ((8, 3), True)
+
+      In the engine it is the strategy ``"ga"`` (or ``"deep_ga"``) of
+      :class:`~evojax_nets.engine.Evolution`.
     """
 
     def __init__(
@@ -266,12 +279,26 @@ def _registry() -> dict[str, type]:
 
 def strategy_names() -> list[str]:
     """The canonical names :func:`make_strategy` accepts (case and ``_``/``-`` are ignored;
-    class names and aliases such as ``de`` and ``ga`` work too)."""
+    class names and aliases such as ``de`` and ``ga`` work too).
+
+    Example:
+      >>> names = strategy_names()
+      >>> "Open_ES" in names, "CMA_ES" in names, "DeepGA" in names
+      (True, True, True)
+    """
     return sorted(_registry(), key=str.lower)
 
 
 def resolve_name(name: str) -> tuple[str, type]:
-    """Canonical name and class for a strategy name, or a ``ValueError`` listing the names."""
+    """Canonical name and class for a strategy name, or a ``ValueError`` listing the names.
+
+    Example:
+      >>> resolve_name("open-es")[0], resolve_name("SNES")[0]
+      ('Open_ES', 'SNES')
+      >>> name, cls = resolve_name("ga")
+      >>> name, cls is DeepGA
+      ('DeepGA', True)
+    """
     reg = _registry()
     lookup: dict[str, str] = {}
     for key, cls in reg.items():
@@ -301,6 +328,13 @@ class Strategy:
       params: the evosax params (arrays: sweepable and schedulable without recompiling).
       population_based: whether ``init`` needs an evaluated initial population.
       num_means: the number of distribution means (``num_populations`` of the SV strategies).
+
+    Example:
+      >>> s = make_strategy("snes", 8, 10)  # how Evolution builds one
+      >>> s.name, s.population_size, s.population_based, s.num_means
+      ('SNES', 8, False, 1)
+      >>> make_strategy("de", 8, 10).population_based
+      True
     """
 
     name: str
@@ -323,7 +357,14 @@ def _available_memory_bytes() -> int:
 
 
 def state_bytes(strategy: Strategy) -> int:
-    """Bytes of the strategy state, computed from shapes alone (nothing is allocated)."""
+    """Bytes of the strategy state, computed from shapes alone (nothing is allocated).
+
+    Example:
+      >>> diagonal = state_bytes(make_strategy("snes", 8, 100))
+      >>> full = state_bytes(make_strategy("cma_es", 8, 100))  # holds 100 x 100 matrices
+      >>> diagonal < 100 * 100 * 4 < full
+      True
+    """
     algo, num_dims = strategy.algorithm, strategy.algorithm.num_dims
     key = jax.random.key(0)
     if strategy.population_based:
@@ -343,6 +384,16 @@ def check_memory(strategy: Strategy, max_bytes: int | None = None) -> int:
     The state of a full-covariance strategy holds ``D x D`` matrices, and its update needs a
     few more of that size (eigendecomposition), so the estimate is four times the state.
     ``max_bytes`` defaults to half of the machine's physical memory. Returns the estimate.
+
+    Example:
+      >>> s = make_strategy("snes", 8, 100)
+      >>> check_memory(s) == 4 * state_bytes(s)
+      True
+      >>> try:
+      ...     check_memory(make_strategy("cma_es", 8, 1000), max_bytes=2**20)
+      ... except MemoryError:
+      ...     print("refused: use a diagonal strategy")
+      refused: use a diagonal strategy
     """
     need = 4 * state_bytes(strategy)
     limit = _available_memory_bytes() // 2 if max_bytes is None else max_bytes
