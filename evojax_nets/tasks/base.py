@@ -116,6 +116,16 @@ class FunctionTask:
       test_metrics: optional ``test_metrics(member) -> {name: scalar}``.
       metric: the headline key of ``test_metrics``.
       metric_maximize: whether larger values of ``metric`` are better.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> from evojax_nets.nets import from_nnx
+      >>> net = from_nnx(nnx.Linear(2, 1, rngs=nnx.Rngs(0)))
+      >>> task = FunctionTask(lambda key, m: jnp.sum(m(jnp.ones((1, 2))) ** 2), maximize=False)
+      >>> bound = task.bind(net)  # what the engine evaluates: functions of the flat genome
+      >>> bound.maximize, float(bound.fitness(jax.random.key(0), jnp.zeros(net.num_params)))
+      (False, 0.0)
     """
 
     fitness: Callable[[jax.Array, Any], jax.Array]
@@ -140,6 +150,16 @@ def as_task(task: Any, maximize: bool | None = None) -> Task:
 
     ``maximize`` is required for a plain callable (there is no safe default for an unknown
     objective) and, for a task object, must agree with the task's own sense if given.
+
+    Example:
+      >>> task = as_task(lambda key, member: 0.0, maximize=True)
+      >>> type(task).__name__, task.maximize, as_task(task) is task
+      ('FunctionTask', True, True)
+      >>> try:
+      ...     as_task(lambda key, member: 0.0)
+      ... except ValueError:
+      ...     print("a plain function needs maximize=True or maximize=False")
+      a plain function needs maximize=True or maximize=False
     """
     if isinstance(task, Task):
         own = getattr(task, "maximize", None)

@@ -64,7 +64,17 @@ def load_digits(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read one IDX file (optionally gzipped) into a numpy array of its stored shape."""
+    """Read one IDX file (optionally gzipped) into a numpy array of its stored shape.
+
+    Example:
+      >>> import tempfile
+      >>> images = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+      >>> with tempfile.TemporaryDirectory() as d:
+      ...     write_idx(f"{d}/images-idx3-ubyte.gz", images)
+      ...     back = read_idx(f"{d}/images-idx3-ubyte.gz")
+      >>> back.shape, back.dtype, bool((back == images).all())
+      ((2, 3, 3), dtype('uint8'), True)
+    """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as f:
@@ -101,6 +111,20 @@ def load_idx_dataset(
 
     Both datasets use the same file names (``train-images-idx3-ubyte`` and so on, optionally
     gzipped); ``name`` only labels the result. Nothing is downloaded.
+
+    Example:
+      >>> import tempfile
+      >>> rng = np.random.default_rng(0)
+      >>> with tempfile.TemporaryDirectory() as d:  # a tiny stand-in for the MNIST files
+      ...     for stem, n in (("train", 6), ("t10k", 4)):
+      ...         images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+      ...         write_idx(f"{d}/{stem}-images-idx3-ubyte", images)
+      ...         write_idx(f"{d}/{stem}-labels-idx1-ubyte", np.arange(n, dtype=np.uint8))
+      ...     ds = load_idx_dataset(d, "mnist")
+      >>> ds.x_train.shape, ds.x_train.dtype, ds.y_test.tolist(), ds.num_classes
+      ((6, 784), dtype('float32'), [0, 1, 2, 3], 10)
+      >>> bool(0.0 <= ds.x_train.min() and ds.x_train.max() <= 1.0)
+      True
     """
     folder = Path(folder)
     if name not in ("mnist", "fashion_mnist"):
@@ -131,7 +155,16 @@ def load_idx_dataset(
 
 
 def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
-    """Write ``array`` as an IDX file (gzipped when the name ends in ``.gz``)."""
+    """Write ``array`` as an IDX file (gzipped when the name ends in ``.gz``).
+
+    Example:
+      >>> import tempfile
+      >>> labels = np.array([3, 1, 4, 1, 5], dtype=np.uint8)
+      >>> with tempfile.TemporaryDirectory() as d:
+      ...     write_idx(f"{d}/labels-idx1-ubyte", labels)
+      ...     print(read_idx(f"{d}/labels-idx1-ubyte").tolist())
+      [3, 1, 4, 1, 5]
+    """
     codes = {np.dtype(v): k for k, v in _IDX_DTYPES.items()}
     array = np.ascontiguousarray(array)
     dtype = array.dtype.newbyteorder(">") if array.dtype.itemsize > 1 else array.dtype
