@@ -206,7 +206,17 @@ def brax_env(name: str, backend: str = "positional", max_steps: int = 1000, **kw
 
 
 def make_env(env: Any, env_params: Any = None, **env_kwargs: Any) -> Env:
-    """An :class:`Env` from a gymnax name or instance, ``"brax:<name>"``, or an :class:`Env`."""
+    """An :class:`Env` from a gymnax name or instance, ``"brax:<name>"``, or an :class:`Env`.
+
+    Example:
+      >>> env = make_env("CartPole-v1")
+      >>> env.obs_shape, env.num_outputs, env.discrete, env.max_steps
+      ((4,), 2, True, 500)
+      >>> obs, state = env.reset(jax.random.key(0))
+      >>> obs, state, reward, done = env.step(jax.random.key(1), state, jnp.int32(1))
+      >>> obs.shape, bool(done), make_env(env) is env
+      ((4,), False, True)
+    """
     if isinstance(env, Env):
         return env
     if isinstance(env, str) and env.startswith("brax:"):
@@ -461,6 +471,18 @@ class RLTask:
 
     The bound task's ``extra`` holds ``env`` (the :class:`Env`) and
     ``rollout(key, theta, task_state, num_episodes) -> EpisodeResult``.
+
+    Example:
+      >>> from flax import nnx
+      >>> from evojax_nets import Evolution
+      >>> task = RLTask("CartPole-v1", num_episodes=1, episode_length=10, eval_episodes=2)
+      >>> task.obs_shape, task.num_outputs
+      ((4,), 2)
+      >>> policy = nnx.Linear(4, 2, rngs=nnx.Rngs(0))  # observation -> action logits
+      >>> evo = Evolution(policy, task, "snes", 4)
+      >>> state, history = evo.run(evo.init(jax.random.key(0)), 2)
+      >>> "test_return_mean" in history.last, bool(history.last["best_so_far"] <= 10)
+      (True, True)
     """
 
     env: Any
@@ -663,6 +685,14 @@ def rollout(
       episode_length, stochastic, obs_clip: override the task's (or the defaults).
       recurrent, initial_carry: as for :class:`RLTask`; by default a policy with an
         ``initial_carry()`` method is recurrent.
+
+    Example:
+      >>> from flax import nnx
+      >>> policy = nnx.Linear(4, 2, rngs=nnx.Rngs(0))  # observation -> action logits
+      >>> out = rollout("CartPole-v1", policy, jax.random.key(0), num_episodes=2,
+      ...               episode_length=10)
+      >>> out.returns.shape, out.lengths.shape, bool((out.lengths <= 10).all())
+      ((2,), (2,), True)
     """
     task = env if isinstance(env, RLTask) else None
     environment = task.environment if task is not None else make_env(env)
