@@ -382,6 +382,18 @@ class ESGD(DeepGA):
     (exactly so when the fitness is deterministic, for example a full-batch loss).
     ``std`` is a params array (sweepable). State, params and ``tell`` are
     :class:`~evojax_nets.strategies.DeepGA`'s; only selection and variation differ.
+
+    Example:
+      >>> es = ESGD(population_size=8, solution=jnp.zeros(3), num_parents=2, num_elites=1)
+      >>> params = es.default_params
+      >>> population = jax.random.normal(jax.random.key(0), (8, 3))
+      >>> fitness = jnp.sum(population**2, axis=1)  # minimised
+      >>> state = es.init(jax.random.key(1), population, fitness, params)
+      >>> children, state = es.ask(jax.random.key(2), state, params)
+      >>> children.shape, bool((children[0] == population[jnp.argmin(fitness)]).all())
+      ((8, 3), True)
+
+      With the engine, build it and its SGD phase together with :func:`esgd`.
     """
 
     def __init__(

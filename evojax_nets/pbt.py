@@ -419,6 +419,17 @@ class PBTResult:
         ``steps[r-1]`` to ``steps[r]`` with ``schedule[name][r]``).
       lineage: ``(R,)``, the slot that held its ancestor in each round.
       history: the whole run (:class:`PBTHistory`).
+
+    Example:
+      >>> pbt = PBT(lambda s, b, h: s - h["lr"] * s, lambda s: -jnp.abs(s),
+      ...           {"lr": LogUniform(1e-3, 0.5)}, population_size=4, ready=5)
+      >>> result = pbt.fit(jax.random.key(0), lambda key: jnp.float32(1.0), num_steps=10)
+      >>> result.steps.tolist(), result.schedule["lr"].shape, result.lineage.shape
+      ([5, 10], (2,), (2,))
+      >>> sorted(result.hparams), 0 <= result.index < 4, result.history.num_rounds
+      (['lr'], True, 2)
+      >>> bool(result.score == -abs(float(result.state)))  # the best member's last score
+      True
     """
 
     state: Any
