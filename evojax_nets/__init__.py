@@ -39,30 +39,50 @@ _EXPORTS = {
     "load_digits": "evojax_nets.tasks",
     "load_idx_dataset": "evojax_nets.tasks",
     "population_mesh": "evojax_nets.sharding",
+    "PBT": "evojax_nets.pbt",
+    "Choice": "evojax_nets.pbt",
+    "LogUniform": "evojax_nets.pbt",
+    "Uniform": "evojax_nets.pbt",
+    "ArchSearch": "evojax_nets.arch",
+    "MLPSpace": "evojax_nets.arch",
+    "CNNSpace": "evojax_nets.arch",
+    "gradient_steps": "evojax_nets.hybrids",
+    "esgd": "evojax_nets.hybrids",
+    "evolve_starting_point": "evojax_nets.warmstart",
     "initialize_distributed": "evojax_nets.sharding",
 }
 
 __all__ = [
+    "ArchSearch",
+    "CNNSpace",
     "Callback",
+    "Choice",
     "DeepGA",
     "Evolution",
     "EvolutionState",
     "FunctionTask",
     "History",
+    "LogUniform",
+    "MLPSpace",
     "Members",
     "Network",
     "OpContext",
+    "PBT",
     "PopulationOp",
     "RLTask",
     "Result",
     "Strategy",
     "Supervised",
+    "Uniform",
     "as_network",
     "chain",
+    "esgd",
     "evolve",
+    "evolve_starting_point",
     "from_linen",
     "from_nnx",
     "from_train_state",
+    "gradient_steps",
     "identity",
     "initialize_distributed",
     "load_digits",
@@ -86,9 +106,13 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
+    from evojax_nets.arch import ArchSearch, CNNSpace, MLPSpace
     from evojax_nets.engine import Callback, Evolution, EvolutionState, History, Result, evolve
+    from evojax_nets.hybrids import esgd, gradient_steps
     from evojax_nets.nets import Network, as_network, from_linen, from_nnx, from_train_state
     from evojax_nets.ops import Members, OpContext, PopulationOp, chain, identity
+    from evojax_nets.pbt import PBT, Choice, LogUniform, Uniform
     from evojax_nets.sharding import initialize_distributed, population_mesh
     from evojax_nets.strategies import DeepGA, Strategy, make_strategy, strategy_names
     from evojax_nets.tasks import FunctionTask, Supervised, load_digits, load_idx_dataset
+    from evojax_nets.warmstart import evolve_starting_point
