@@ -237,6 +237,18 @@ class _LayerSpace:
     def _size_choices(self) -> tuple[int, ...]:
         return getattr(self, self._sizes_field)
 
+    def _sizes(self, genes: Genes) -> tuple[list[jax.Array], list[jax.Array], jax.Array]:
+        """Per layer: fan-in and size (0 beyond the depth), and the last expressed size."""
+        fan_ins, outs = [], []
+        prev = self._input_size
+        for layer in range(self.max_depth):
+            active = layer < genes["depth"]
+            size = _where(active, genes[f"{self._gene}_{layer}"], 0)
+            fan_ins.append(_where(active, prev, 0))
+            outs.append(size)
+            prev = _where(active, size, prev)
+        return fan_ins, outs, prev
+
     def genes(self) -> dict[str, Choice]:
         """The gene search space (for :class:`~evojax_nets.pbt.PBT`)."""
         out: dict[str, Choice] = {"depth": Choice(range(self.min_depth, self.max_depth + 1))}
@@ -341,16 +353,9 @@ class MLPSpace(_LayerSpace):
             h = z if layer == 0 else jnp.where(layer < genes["depth"], z, h)
         return h @ params["head"]["kernel"] + params["head"]["bias"]
 
-    def _sizes(self, genes: Genes) -> tuple[list[jax.Array], list[jax.Array], jax.Array]:
-        fan_ins, outs = [], []
-        prev = self.in_features
-        for layer in range(self.max_depth):
-            active = layer < genes["depth"]
-            w = _where(active, genes[f"width_{layer}"], 0)
-            fan_ins.append(_where(active, prev, 0))
-            outs.append(w)
-            prev = _where(active, w, prev)
-        return fan_ins, outs, prev
+    @property
+    def _input_size(self) -> int:
+        return self.in_features
 
     def num_params(self, genes: Genes) -> jax.Array:
         """Parameters of the unmasked network these genes describe (traceable)."""
@@ -497,16 +502,9 @@ class CNNSpace(_LayerSpace):
         h = h.reshape(h.shape[0], -1) if self.readout == "flatten" else h.mean(axis=(1, 2))
         return h @ params["head"]["kernel"] + params["head"]["bias"]
 
-    def _sizes(self, genes: Genes) -> tuple[list[jax.Array], list[jax.Array], jax.Array]:
-        fan_ins, outs = [], []
-        prev = self.input_shape[2]
-        for layer in range(self.max_depth):
-            active = layer < genes["depth"]
-            c = _where(active, genes[f"channels_{layer}"], 0)
-            fan_ins.append(_where(active, prev, 0))
-            outs.append(c)
-            prev = _where(active, c, prev)
-        return fan_ins, outs, prev
+    @property
+    def _input_size(self) -> int:
+        return self.input_shape[2]
 
     def num_params(self, genes: Genes) -> jax.Array:
         """Parameters of the unmasked network these genes describe (traceable)."""
