@@ -28,12 +28,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from _digits import train_val_test
 from flax import nnx
 
 from evojax_nets.arch import ArchSearch, MLPSpace
 from evojax_nets.models import MLP
 from evojax_nets.pbt import LogUniform, plot_schedules
-from evojax_nets.tasks import load_digits
 
 
 def make_baseline_trainer(x_tr, y_tr, steps, batch_size, lr, hidden):
@@ -99,13 +99,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    ds = load_digits()
-    n_val = round(args.val_fraction * len(ds.x_train))
-    perm = np.random.default_rng(0).permutation(len(ds.x_train))
-    val, tr = perm[:n_val], perm[n_val:]
-    x_tr, y_tr = jnp.asarray(ds.x_train[tr]), jnp.asarray(ds.y_train[tr])
-    x_val, y_val = jnp.asarray(ds.x_train[val]), jnp.asarray(ds.y_train[val])
-    x_te, y_te = jnp.asarray(ds.x_test), jnp.asarray(ds.y_test)
+    x_tr, y_tr, x_val, y_val, x_te, y_te = train_val_test(args.val_fraction)
 
     # -- hand-picked baseline ---------------------------------------------------------------
     hidden = (128, 128)
@@ -169,7 +163,7 @@ def main() -> None:
     report = {
         "benchmark": "architecture_search_vs_hand_picked_mlp",
         "dataset": "digits",
-        "train/val/test": [len(tr), n_val, len(ds.x_test)],
+        "train/val/test": [len(x_tr), len(x_val), len(x_te)],
         "space": {
             "max_depth": space.max_depth,
             "widths": list(space.widths),

@@ -317,34 +317,22 @@ def digits_contenders(
     # Hybrids. The gradient optimizer is Adam with Adam-alone's tuned step everywhere. Small
     # populations with long gradient phases did best in a sweep (P in 4..32, K in 10..100).
     pop, steps, b, mut = 4, 50, 64, 0.02
-    make["lamarckian_ga"] = lambda: evo_runner(
-        "lamarckian_ga",
-        Evolution(
-            model,
-            task(b),
-            "ga",
-            pop,
-            std=mut,
-            ops=gradient_steps(optax.adam(1e-3), steps, mode="lamarckian"),
-        ),
-        seed,
-        "current",
-        es_flops(pop, b) + grad_op_flops(pop, pop, steps, b, False, False),
-    )
-    make["baldwinian_ga"] = lambda: evo_runner(
-        "baldwinian_ga",
-        Evolution(
-            model,
-            task(b),
-            "ga",
-            pop,
-            std=mut,
-            ops=gradient_steps(optax.adam(1e-3), steps, mode="baldwinian"),
-        ),
-        seed,
-        "best",
-        es_flops(pop, b) + grad_op_flops(pop, pop, steps, b, False, False),
-    )
+    # Lamarckian answers with the best trained member, Baldwinian with its best genome ever.
+    for mode, answer in (("lamarckian", "current"), ("baldwinian", "best")):
+        make[f"{mode}_ga"] = lambda mode=mode, answer=answer: evo_runner(
+            f"{mode}_ga",
+            Evolution(
+                model,
+                task(b),
+                "ga",
+                pop,
+                std=mut,
+                ops=gradient_steps(optax.adam(1e-3), steps, mode=mode),
+            ),
+            seed,
+            answer,
+            es_flops(pop, b) + grad_op_flops(pop, pop, steps, b, False, False),
+        )
     strategy, op = esgd(model, pop, optax.adam(1e-3), steps, num_parents=2, std=mut)
     make["esgd"] = lambda: evo_runner(
         "esgd",

@@ -27,11 +27,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from _digits import train_val_test
 from flax import linen as nn
 from flax.training import train_state
 
 from evojax_nets.pbt import PBT, LogUniform, Uniform, plot_schedules, sample_batches
-from evojax_nets.tasks import load_digits
 
 
 class MLP(nn.Module):
@@ -63,13 +63,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    ds = load_digits()
-    n_val = round(args.val_fraction * len(ds.x_train))
-    perm = np.random.default_rng(0).permutation(len(ds.x_train))
-    val, tr = perm[:n_val], perm[n_val:]
-    x_tr, y_tr = jnp.asarray(ds.x_train[tr]), jnp.asarray(ds.y_train[tr])
-    x_val, y_val = jnp.asarray(ds.x_train[val]), jnp.asarray(ds.y_train[val])
-    x_te, y_te = jnp.asarray(ds.x_test), jnp.asarray(ds.y_test)
+    x_tr, y_tr, x_val, y_val, x_te, y_te = train_val_test(args.val_fraction)
 
     model = MLP()
     tx = optax.inject_hyperparams(
@@ -119,7 +113,7 @@ def main() -> None:
     report: dict = {
         "benchmark": "pbt_vs_random_search",
         "dataset": "digits",
-        "train/val/test": [len(tr), n_val, len(ds.x_test)],
+        "train/val/test": [len(x_tr), len(x_val), len(x_te)],
         "model": "MLP 64-64-64-10 relu, SGD with momentum and weight decay",
         "space": {k: repr(v) for k, v in space.items()},
         "population_size": args.population,
