@@ -56,6 +56,31 @@ CARTPOLE_OBS = 5  # x, x', cos th, sin th, th'
 CARTPOLE_ACT = 1
 
 
+def cartpole_step(x, x_dot, th, th_dot, force, sin, cos):
+    """One Euler step of the swing-up dynamics, for any array library (NumPy, JAX, torch):
+    ``sin``/``cos`` are that library's functions. Returns ``(x, x_dot, th, th_dot)``."""
+    total_m = CART_MASS + POLE_MASS
+    m_p_l = POLE_MASS * POLE_LEN
+    s, c = sin(th), cos(th)
+    x_acc = (
+        -2 * m_p_l * th_dot**2 * s
+        + 3 * POLE_MASS * GRAVITY * s * c
+        + 4 * force
+        - 4 * FRICTION * x_dot
+    ) / (4 * total_m - 3 * POLE_MASS * c**2)
+    th_acc = (
+        -3 * m_p_l * th_dot**2 * s * c
+        + 6 * total_m * GRAVITY * s
+        + 6 * (force - FRICTION * x_dot) * c
+    ) / (4 * POLE_LEN * total_m - 3 * m_p_l * c**2)
+    return (
+        x + x_dot * DELTA_T,
+        x_dot + x_acc * DELTA_T,
+        th + th_dot * DELTA_T,
+        th_dot + th_acc * DELTA_T,
+    )
+
+
 @dataclass(frozen=True)
 class Config:
     """One task's shared settings. Every contender runs PGPE (Sehnke et al. 2010) with
@@ -110,6 +135,38 @@ CONFIGS = {
         test_episodes=64,
     ),
 }
+
+
+def parse_args(description: str, extra=None):
+    """The runners' shared command line; ``extra(parser)`` adds a runner's own options.
+    Returns ``(args, config)``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--task", choices=sorted(CONFIGS), required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-generations", type=int)
+    parser.add_argument("--throughput-generations", type=int)
+    parser.add_argument("--target", type=float)
+    parser.add_argument("--max-seconds", type=float)
+    if extra is not None:
+        extra(parser)
+    args = parser.parse_args()
+    cfg = config(
+        args.task,
+        max_generations=args.max_generations,
+        throughput_generations=args.throughput_generations,
+        target=args.target,
+        max_seconds=args.max_seconds,
+    )
+    return args, cfg
+
+
+def version(name: str) -> str:
+    """The installed version of distribution ``name``."""
+    from importlib.metadata import version as _version
+
+    return _version(name)
 
 
 def config(task: str, **overrides) -> Config:

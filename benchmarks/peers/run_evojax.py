@@ -22,7 +22,6 @@ Strategy: ``evojax.algo.PGPE`` with Adam and the shared hyperparameters; the cen
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import time
@@ -152,21 +151,7 @@ def cartpole_parts(cfg: common.Config, seed: int, logger):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", choices=sorted(common.CONFIGS), required=True)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-generations", type=int)
-    parser.add_argument("--throughput-generations", type=int)
-    parser.add_argument("--target", type=float)
-    parser.add_argument("--max-seconds", type=float)
-    args = parser.parse_args()
-    cfg = common.config(
-        args.task,
-        max_generations=args.max_generations,
-        throughput_generations=args.throughput_generations,
-        target=args.target,
-        max_seconds=args.max_seconds,
-    )
+    args, cfg = common.parse_args(__doc__.splitlines()[0])
 
     import flax
     import jax
@@ -235,7 +220,7 @@ def main() -> None:
     result = common.summarize(
         library="evojax",
         versions={
-            "evojax": _version("evojax"),
+            "evojax": common.version("evojax"),
             "jax": jax.__version__,
             "flax": flax.__version__,
             "numpy": np.__version__,
@@ -250,12 +235,6 @@ def main() -> None:
     )
     result["strategy"] = "evojax.algo.PGPE"
     common.emit(result)
-
-
-def _version(name: str) -> str:
-    from importlib.metadata import version
-
-    return version(name)
 
 
 if __name__ == "__main__":

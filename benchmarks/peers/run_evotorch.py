@@ -22,7 +22,6 @@ symmetric sampling and the shared hyperparameters; the centre starts at
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import math
 import sys
@@ -97,8 +96,6 @@ def cartpole_parts(cfg: common.Config, seed: int):
     c = common
     forward = make_forward("cartpole", final_tanh=True)
     gen = torch.Generator().manual_seed(seed)
-    total_m = c.CART_MASS + c.POLE_MASS
-    m_p_l = c.POLE_MASS * c.POLE_LEN
 
     def rollout(pop, s0):
         """Returns of every member on every start state: ``pop (P, D)``, ``s0 (R, 4)``."""
@@ -110,20 +107,9 @@ def cartpole_parts(cfg: common.Config, seed: int):
         for _ in range(cfg.max_steps):
             obs = torch.stack([x, x_dot, torch.cos(th), torch.sin(th), th_dot], -1)
             force = forward(pop, obs)[..., 0].clamp(-1.0, 1.0) * c.FORCE_SCALING
-            sin, cos = torch.sin(th), torch.cos(th)
-            x_acc = (
-                -2 * m_p_l * th_dot**2 * sin
-                + 3 * c.POLE_MASS * c.GRAVITY * sin * cos
-                + 4 * force
-                - 4 * c.FRICTION * x_dot
-            ) / (4 * total_m - 3 * c.POLE_MASS * cos**2)
-            th_acc = (
-                -3 * m_p_l * th_dot**2 * sin * cos
-                + 6 * total_m * c.GRAVITY * sin
-                + 6 * (force - c.FRICTION * x_dot) * cos
-            ) / (4 * c.POLE_LEN * total_m - 3 * m_p_l * cos**2)
-            x, th = x + x_dot * c.DELTA_T, th + th_dot * c.DELTA_T
-            x_dot, th_dot = x_dot + x_acc * c.DELTA_T, th_dot + th_acc * c.DELTA_T
+            x, x_dot, th, th_dot = c.cartpole_step(
+                x, x_dot, th, th_dot, force, torch.sin, torch.cos
+            )
             reward = (torch.cos(th) + 1.0) / 2.0 * torch.cos(x / c.CART_X_LIMIT * math.pi / 2)
             ret += alive * reward
             alive = alive * (x.abs() <= c.CART_X_LIMIT)
@@ -147,28 +133,16 @@ def cartpole_parts(cfg: common.Config, seed: int):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", choices=sorted(common.CONFIGS), required=True)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-generations", type=int)
-    parser.add_argument("--throughput-generations", type=int)
-    parser.add_argument("--target", type=float)
-    parser.add_argument("--max-seconds", type=float)
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch intra-op threads (1: on this shared 2-core machine 2 threads ran a "
-        "cart-pole generation 10-20x slower)",
-    )
-    args = parser.parse_args()
-    cfg = common.config(
-        args.task,
-        max_generations=args.max_generations,
-        throughput_generations=args.throughput_generations,
-        target=args.target,
-        max_seconds=args.max_seconds,
-    )
+    def options(parser) -> None:
+        parser.add_argument(
+            "--threads",
+            type=int,
+            default=1,
+            help="torch intra-op threads (1: on this shared 2-core machine 2 threads ran a "
+            "cart-pole generation 10-20x slower)",
+        )
+
+    args, cfg = common.parse_args(__doc__.splitlines()[0], options)
 
     import numpy as np
     import torch
@@ -229,7 +203,7 @@ def main() -> None:
     result = common.summarize(
         library="evotorch",
         versions={
-            "evotorch": _version("evotorch"),
+            "evotorch": common.version("evotorch"),
             "torch": torch.__version__,
             "numpy": np.__version__,
             "torch_threads": torch.get_num_threads(),
@@ -244,12 +218,6 @@ def main() -> None:
     )
     result["strategy"] = "evotorch.algorithms.PGPE"
     common.emit(result)
-
-
-def _version(name: str) -> str:
-    from importlib.metadata import version
-
-    return version(name)
 
 
 if __name__ == "__main__":

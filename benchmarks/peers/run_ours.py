@@ -16,7 +16,6 @@ with an already compiled chunk size.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -46,31 +45,9 @@ def cartpole_fns(cfg: common.Config):
     import jax.numpy as jnp
 
     c = common
-    total_m = c.CART_MASS + c.POLE_MASS
-    m_p_l = c.POLE_MASS * c.POLE_LEN
 
     def physics(s, force):
-        x, x_dot, th, th_dot = s
-        sin, cos = jnp.sin(th), jnp.cos(th)
-        x_acc = (
-            -2 * m_p_l * th_dot**2 * sin
-            + 3 * c.POLE_MASS * c.GRAVITY * sin * cos
-            + 4 * force
-            - 4 * c.FRICTION * x_dot
-        ) / (4 * total_m - 3 * c.POLE_MASS * cos**2)
-        th_acc = (
-            -3 * m_p_l * th_dot**2 * sin * cos
-            + 6 * total_m * c.GRAVITY * sin
-            + 6 * (force - c.FRICTION * x_dot) * cos
-        ) / (4 * c.POLE_LEN * total_m - 3 * m_p_l * cos**2)
-        return jnp.stack(
-            [
-                x + x_dot * c.DELTA_T,
-                x_dot + x_acc * c.DELTA_T,
-                th + th_dot * c.DELTA_T,
-                th_dot + th_acc * c.DELTA_T,
-            ]
-        )
+        return jnp.stack(common.cartpole_step(*s, force, jnp.sin, jnp.cos))
 
     def episode(member, key):
         s0 = jnp.array([0.0, 0.0, jnp.pi, 0.0]) + c.INIT_STD * jax.random.normal(key, (4,))
@@ -103,22 +80,10 @@ def cartpole_fns(cfg: common.Config):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", choices=sorted(common.CONFIGS), required=True)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--strategy", default="pgpe")
-    parser.add_argument("--max-generations", type=int)
-    parser.add_argument("--throughput-generations", type=int)
-    parser.add_argument("--target", type=float)
-    parser.add_argument("--max-seconds", type=float)
-    args = parser.parse_args()
-    cfg = common.config(
-        args.task,
-        max_generations=args.max_generations,
-        throughput_generations=args.throughput_generations,
-        target=args.target,
-        max_seconds=args.max_seconds,
-    )
+    def options(parser) -> None:
+        parser.add_argument("--strategy", default="pgpe")
+
+    args, cfg = common.parse_args(__doc__.splitlines()[0], options)
 
     import flax
     import jax
@@ -187,7 +152,7 @@ def main() -> None:
             "evojax_nets": evojax_nets.__version__,
             "jax": jax.__version__,
             "flax": flax.__version__,
-            "evosax": _version("evosax"),
+            "evosax": common.version("evosax"),
             "numpy": np.__version__,
         },
         cfg=cfg,
@@ -203,12 +168,6 @@ def main() -> None:
         "first_chunk_s: the first chunk of test_interval generations, compilation included"
     )
     common.emit(result)
-
-
-def _version(name: str) -> str:
-    from importlib.metadata import version
-
-    return version(name)
 
 
 if __name__ == "__main__":
