@@ -6,18 +6,28 @@
 # mutation; compile times apart). Run from the repository root:
 #
 #     bash benchmarks/gpu_check.sh                 # JSON on stdout, also in gpu_check.json
+#     GPU_CHECK_PYTHON=python3 bash benchmarks/gpu_check.sh   # use an interpreter that already
+#                                                  # has CUDA JAX, flax, optax and evosax
+#                                                  # (a machine with no package index)
 #
 # Record the result in benchmarks/RESULTS.md with the date and the device.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VENV=${GPU_CHECK_VENV:-.venv-gpu}
 start=$(date +%s)
-if [ ! -x "$VENV/bin/python" ]; then
-  python3 -m venv "$VENV"
+if [ -n "${GPU_CHECK_PYTHON:-}" ]; then
+  PYTHON=$GPU_CHECK_PYTHON
+  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+else
+  VENV=${GPU_CHECK_VENV:-.venv-gpu}
+  if [ ! -x "$VENV/bin/python" ]; then
+    python3 -m venv "$VENV"
+  fi
+  "$VENV/bin/pip" install -q --upgrade pip >&2
+  # The CUDA plugin for the jax version the package pins; the package itself without re-resolving.
+  "$VENV/bin/pip" install -q -e . "jax[cuda12]" >&2
+  PYTHON=$VENV/bin/python
 fi
-"$VENV/bin/pip" install -q --upgrade pip >&2
-# The CUDA plugin for the jax version the package pins; the package itself without re-resolving.
-"$VENV/bin/pip" install -q -e . "jax[cuda12]" >&2
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >&2 || true
-echo "install took $(( $(date +%s) - start )) s" >&2
-"$VENV/bin/python" benchmarks/gpu_check.py "$@" | tee gpu_check.json
+"$PYTHON" -c "import jax; print('jax', jax.__version__, jax.devices())" >&2
+echo "setup took $(( $(date +%s) - start )) s" >&2
+"$PYTHON" benchmarks/gpu_check.py "$@" | tee gpu_check.json

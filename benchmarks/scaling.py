@@ -12,6 +12,7 @@ A configuration the engine refuses before running (the memory estimate) is repor
 
     python benchmarks/scaling.py                 # the grid, JSON to stdout, PNG next to --out
     python benchmarks/scaling.py --big           # D = 10 million, P = 1024, low-memory ES
+    python benchmarks/scaling.py --big --platform cuda   # the same on a GPU (device peak too)
 
 The ``--big`` case is the issue's target: 10 million parameters, population 1024, a few
 generations, peak memory under 8 GB where the population matrix alone would be 40 GB.
@@ -67,13 +68,17 @@ try:
 except MemoryError as err:
     out.update(status="refused", reason=str(err)[:300])
 out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+stats = jax.devices()[0].memory_stats() or {}
+if "peak_bytes_in_use" in stats:  # accelerators: the device's own peak, apart from host RSS
+    out["device_peak_gb"] = stats["peak_bytes_in_use"] / 2**30
+out["device"] = jax.devices()[0].device_kind
 out["population_matrix_gb"] = (out["num_params"] or 0) * cfg["population"] * 4 / 2**30
 print("RESULT " + json.dumps(out), flush=True)
 """
 
 
-def run_config(cfg: dict, timeout: float) -> dict:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+def run_config(cfg: dict, timeout: float, platform: str = "cpu") -> dict:
+    env = {**os.environ, "JAX_PLATFORMS": platform}
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(
@@ -179,6 +184,9 @@ def main() -> None:
     parser.add_argument("--generations", type=int, default=5)
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per configuration")
     parser.add_argument("--big", action="store_true", help="only the 10M-parameter, P=1024 case")
+    parser.add_argument(
+        "--platform", default="cpu", help="JAX platform of the workers (cpu, cuda, tpu)"
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/scaling.json"))
     parser.add_argument(
         "--replot", action="store_true", help="redraw the PNG from the JSON at --out, run nothing"
@@ -198,15 +206,16 @@ def main() -> None:
             "population": 1024,
             "mode": "lowmem",
         }
-        results = [run_config(cfg, args.timeout * 3)]
+        results = [run_config(cfg, args.timeout * 3, args.platform)]
     else:
         results = []
         for cfg in grid(args):
-            results.append(run_config(cfg, args.timeout))
+            results.append(run_config(cfg, args.timeout, args.platform))
             print(json.dumps(results[-1]), file=sys.stderr, flush=True)
     report = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{os.cpu_count()} CPU cores",
+        "platform": args.platform,
         "loadavg": os.getloadavg(),
         "results": results,
     }
