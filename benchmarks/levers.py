@@ -7,7 +7,8 @@ digits, minibatch 256) unless said otherwise:
   ``MLP.population_apply`` (the shared-input first layer as one matmul per group of members);
 * ``prng``: 128 x 8970 normals from JAX's threefry (as lowered on this backend), the library's
   ``UNROLLED_THREEFRY`` (same bits), and JAX's cheaper ``rbg`` and ``unsafe_rbg`` (other bits);
-* ``bfloat16``: the evaluation in float32 against ``Supervised(compute_dtype=jnp.bfloat16)``;
+* ``bfloat16``: the evaluation in float32 against ``Supervised(compute_dtype=jnp.bfloat16)``,
+  with the population forward (``speedup``) and with ``vmap`` (``speedup_vmap``);
 * ``antithetic``: OpenAI-ES ``ask`` with and without antithetic sampling, and the variance of
   its gradient estimate on the digits loss (lower is better), same population size.
 
@@ -72,12 +73,19 @@ def main() -> None:
 
     data = load_digits()
     model = MLP(64, (64, 64), 10, rngs=nnx.Rngs(0))
-    task32 = Supervised.from_dataset(data, batch_size=256)
-    task16 = Supervised(
-        data.x_train, data.y_train, data.x_test, data.y_test, compute_dtype=jnp.bfloat16
-    )
-    evo = Evolution(model, task32, "open_es", 256, std=0.05)
-    evo16 = Evolution(model, task16, "open_es", 256, std=0.05)
+    evos = {}  # the population forward pinned on (whatever the backend's default) and off
+    for name, dtype, forward in (
+        ("population_apply", None, True),
+        ("population_apply_bfloat16", jnp.bfloat16, True),
+        ("vmap_member_forward_bfloat16", jnp.bfloat16, False),
+    ):
+        task = Supervised(
+            *(data.x_train, data.y_train, data.x_test, data.y_test),
+            compute_dtype=dtype,
+            population_forward=forward,
+        )
+        evos[name] = Evolution(model, task, "open_es", 256, std=0.05)
+    evo, evo16 = evos["population_apply"], evos["population_apply_bfloat16"]
     net = evo.network
     pop = net.theta0 + 0.05 * jax.random.normal(jax.random.key(0), (256, net.num_params))
     key = jax.random.key(1)
@@ -94,8 +102,7 @@ def main() -> None:
     ms = race(
         {
             "vmap_member_forward": (scanned(vmapped, loop), (key, pop)),
-            "population_apply": (scanned(evo.evaluate, loop), (key, pop)),
-            "population_apply_bfloat16": (scanned(evo16.evaluate, loop), (key, pop)),
+            **{n: (scanned(e.evaluate, loop), (key, pop)) for n, e in evos.items()},
         },
         loop,
         reps,
@@ -107,8 +114,14 @@ def main() -> None:
     f32 = np.asarray(evo.evaluate(key, pop))
     f16 = np.asarray(evo16.evaluate(key, pop))
     report["bfloat16"] = {
-        "ms": {"float32": ms["population_apply"], "bfloat16": ms["population_apply_bfloat16"]},
+        "ms": {
+            "float32": ms["population_apply"],
+            "bfloat16": ms["population_apply_bfloat16"],
+            "float32_vmap": ms["vmap_member_forward"],
+            "bfloat16_vmap": ms["vmap_member_forward_bfloat16"],
+        },
         "speedup": round(ms["population_apply"] / ms["population_apply_bfloat16"], 2),
+        "speedup_vmap": round(ms["vmap_member_forward"] / ms["vmap_member_forward_bfloat16"], 2),
         "max_rel_fitness_diff": float(np.max(np.abs(f16 - f32) / np.abs(f32))),
         "rank_agreement_spearman": float(
             np.corrcoef(np.argsort(np.argsort(f32)), np.argsort(np.argsort(f16)))[0, 1]

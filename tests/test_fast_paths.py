@@ -121,6 +121,25 @@ def test_population_forward_only_when_everything_evolves():
     assert evo.task.population_fitness is None
 
 
+def test_population_forward_choice_by_argument_and_backend(monkeypatch):
+    model = MLP(64, (16,), 10, rngs=nnx.Rngs(0))
+    data = load_digits()
+
+    def bound(**kwargs):
+        task = Supervised(data.x_train, data.y_train, batch_size=32, **kwargs)
+        return Evolution(model, task, "open_es", 8).task
+
+    assert bound(population_forward=True).population_fitness is not None
+    assert bound(population_forward=False).population_fitness is None
+    assert bound().population_fitness is not None  # the CPU default
+    # Off the CPU the default is vmap of the member forward; an explicit True still holds.
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert bound().population_fitness is None
+    assert bound(population_forward=True).population_fitness is not None
+    with pytest.raises(ValueError, match="population_forward must be True, False or None"):
+        bound(population_forward="yes")
+
+
 def test_mlp_population_groups_change_nothing():
     model = MLP(8, (6,), 3, rngs=nnx.Rngs(0))
     params = jax.tree.map(
