@@ -958,11 +958,12 @@ class PBT:
         """Member ``index``'s state in the user's structure."""
         return _take(state.members, jnp.int32(index))
 
-    def result(self, state: PBTState, history: PBTHistory) -> PBTResult:
-        """The best member, its final hyperparameters and the schedule its lineage followed."""
+    def result(self, state: PBTState, history: PBTHistory, index: int | None = None) -> PBTResult:
+        """The best member (or member ``index``), its final hyperparameters and the schedule
+        its lineage followed."""
         if not history.steps:
             raise ValueError("the history is empty: run at least one round first")
-        b = self.best_index(state)
+        b = self.best_index(state) if index is None else int(index)
         return PBTResult(
             state=self.member(state, b),
             index=b,

@@ -199,6 +199,33 @@ def test_finetune_freezes_genes_and_lowers_the_learning_rate(digits_search):
     assert search.result(new, hist).pbt.schedule["learning_rate"][-1] in lr
 
 
+def test_retrain_exports_a_fresh_copy_of_a_top_candidate(digits_search):
+    search, state, _, ds = digits_search
+    hp = {k: np.asarray(v) for k, v in state.hparams.items()}
+    order = np.argsort(-np.asarray(state.scores))
+    result = search.retrain(state, jax.random.key(5), 20, repeats=2)
+    # The export's genes and learning rate are those of one of the 4 best distinct candidates.
+    tops, seen = [], set()
+    for i in order:
+        sig = tuple(hp[k][i].item() for k in sorted(hp))
+        if sig not in seen:
+            seen.add(sig)
+            tops.append(sig)
+    exported = tuple(
+        result.pbt.hparams[k] if k == "learning_rate" else result.genes[k] for k in sorted(hp)
+    )
+    assert exported in tops[:4]
+    # Fresh weights trained 20 steps with no selection: a new run of one round, no copying.
+    hist = result.pbt.history
+    assert hist.steps == [20] and np.all(hist.parents[-1] == np.arange(8))
+    x_test = jnp.asarray(ds.x_test)
+    np.testing.assert_allclose(
+        np.asarray(result.module(x_test)), np.asarray(result.masked_apply(x_test)), atol=1e-5
+    )
+    with pytest.raises(ValueError, match="repeats must be an int from 1 to population_size=8"):
+        search.retrain(state, jax.random.key(5), 20, repeats=9)
+
+
 def test_evaluate_reports_every_member_and_ready_is_checked(digits_search):
     search, state, _, ds = digits_search
     with pytest.raises(ValueError, match=r"ready=20 is longer than the run \(num_steps=10\)"):
