@@ -69,6 +69,27 @@ def make_baseline_trainer(x_tr, y_tr, steps, batch_size, lr, hidden):
     return train
 
 
+def generated_classification():
+    """A fixed 10-class problem with 64 features, 12,000 examples split 8,000/2,000/2,000."""
+    from sklearn.datasets import make_classification
+
+    x, y = make_classification(
+        n_samples=12_000,
+        n_features=64,
+        n_informative=16,
+        n_redundant=8,
+        n_classes=10,
+        n_clusters_per_class=1,
+        class_sep=1.0,
+        flip_y=0.0,
+        random_state=0,
+    )
+    x = ((x - x.mean(0)) / x.std(0)).astype(np.float32)
+    y = y.astype(np.int32)
+    parts = np.split(np.arange(12_000), [8_000, 10_000])
+    return tuple(jnp.asarray(a[i]) for i in parts for a in (x, y))
+
+
 def n_params(module):
     return sum(int(np.size(x)) for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
 
@@ -88,18 +109,37 @@ def main() -> None:
         default=0,
         help="of --steps, the last ones with genes frozen and the learning rate / 10",
     )
+    ap.add_argument(
+        "--retrain-steps",
+        type=int,
+        default=0,
+        help="after the search, retrain its best candidates from fresh weights this many steps "
+        "(ArchSearch.retrain) and export the best on average; 0: export the search's best",
+    )
+    ap.add_argument("--retrain-repeats", type=int, default=4, help="fresh copies per candidate")
     ap.add_argument("--ready", type=int, default=150)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--size-penalty", type=float, default=0.02)
     ap.add_argument("--score", choices=("accuracy", "loss"), default="accuracy")
     ap.add_argument("--baseline-seeds", type=int, default=3)
     ap.add_argument("--val-fraction", type=float, default=0.25)
+    ap.add_argument(
+        "--dataset",
+        choices=("digits", "generated"),
+        default="digits",
+        help="digits (train/val/test 1,078/359/360), or a generated 10-class problem with 64 "
+        "features (scikit-learn make_classification; 8,000/2,000/2,000), large enough that "
+        "validation and test accuracy resolve differences of a few tenths of a point",
+    )
     ap.add_argument("--out", default="benchmarks/out")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    x_tr, y_tr, x_val, y_val, x_te, y_te = train_val_test(args.val_fraction)
+    if args.dataset == "digits":
+        x_tr, y_tr, x_val, y_val, x_te, y_te = train_val_test(args.val_fraction)
+    else:
+        x_tr, y_tr, x_val, y_val, x_te, y_te = generated_classification()
 
     # -- hand-picked baseline ---------------------------------------------------------------
     hidden = (128, 128)
@@ -147,7 +187,11 @@ def main() -> None:
     state, history = search.run(state, args.steps - args.finetune_steps)
     if args.finetune_steps:
         state, history = search.finetune(state, args.finetune_steps, history=history)
-    result = search.result(state, history)
+    if args.retrain_steps:
+        key = jax.random.key(10_000 + args.seed)
+        result = search.retrain(state, key, args.retrain_steps, repeats=args.retrain_repeats)
+    else:
+        result = search.result(state, history)
     search_wall = time.perf_counter() - t0
 
     exported = result.module
@@ -156,13 +200,14 @@ def main() -> None:
     exp_acc = accuracy(exported, x_te, y_te)
     pop_test = search.evaluate(state, x_te, y_te)
     pop_val = search.evaluate(state)
-    best_test = float(np.max(pop_test["accuracy"]))
-    best_val = float(np.max(pop_val["accuracy"]))
+    # The best found: the search's final members, and the export (a retrained network is new).
+    best_test = max(float(np.max(pop_test["accuracy"])), exp_acc)
+    best_val = max(float(np.max(pop_val["accuracy"])), result.val_accuracy)
     seen_val = float(np.max(history.score_matrix()))  # penalised scores over the whole run
 
     report = {
         "benchmark": "architecture_search_vs_hand_picked_mlp",
-        "dataset": "digits",
+        "dataset": args.dataset,
         "train/val/test": [len(x_tr), len(x_val), len(x_te)],
         "space": {
             "max_depth": space.max_depth,
@@ -174,6 +219,8 @@ def main() -> None:
         "population_size": args.population,
         "steps_per_member": args.steps,
         "finetune_steps": args.finetune_steps,
+        "retrain_steps": args.retrain_steps,
+        "retrain_repeats": args.retrain_repeats if args.retrain_steps else None,
         "ready": args.ready,
         "batch_size": args.batch_size,
         "size_penalty": args.size_penalty,
@@ -202,7 +249,7 @@ def main() -> None:
             "population_test_accuracy": [round(float(a), 4) for a in pop_test["accuracy"]],
             "population_num_params": [int(n) for n in pop_test["params"]],
             "wall_s": round(search_wall, 1),
-            "total_member_steps": args.steps * args.population,
+            "total_member_steps": (args.steps + args.retrain_steps) * args.population,
         },
         "checks": {
             "gap_to_best_test_accuracy_points": round(100 * (best_test - exp_acc), 3),
@@ -239,7 +286,7 @@ def main() -> None:
     fig.savefig(out / "arch_tradeoff.png", dpi=110)
     plt.close(fig)
     plot_schedules(
-        history,
+        result.pbt.history,  # with --retrain-steps: the retraining run (genes frozen)
         str(out / "arch_schedules.png"),
         member=result.pbt.index,
         title="genes and learning rate along the exported member's lineage",
