@@ -8,11 +8,14 @@ in one PNG (``--png``):
    (``--budget`` seconds of run time per contender and seed; compilation is done before the
    clock starts and reported apart), and the same at equal FLOPs, read off the same curves.
 2. **minima**: a task with many poor local minima, where Adam from a standard initialisation
-   often gets stuck: by default 4-bit parity with 3 tanh hidden units (``--minima-task
-   spirals``: two interleaved spirals, 6-6 tanh). Success rate (accuracy on all 16 patterns;
-   spirals: test accuracy >= 0.95) over ``--minima-seeds`` seeds at ``--minima-budget`` seconds
-   each. Population-based hybrids start from independent draws of the network's initialiser;
-   Adam with best-of-8 restarts from the same draws is a reference.
+   often gets stuck. By default a deceptive regression: ``sin(6 x)`` on ``[-pi, pi]`` with 2
+   ``sin`` hidden units, whose loss has a poor local minimum about every unit of each
+   frequency weight, while the standard initialisation draws frequencies near 1 (success: test
+   R^2 >= 0.99 on points between the training ones). ``--minima-task parity``: 4-bit parity
+   with 3 tanh units (success: all 16 patterns); ``spirals``: two interleaved spirals, 6-6 tanh
+   (test accuracy >= 0.95). Success rate over ``--minima-seeds`` seeds at ``--minima-budget``
+   seconds each. Population-based hybrids start from independent draws of the network's
+   initialiser; Adam with best-of-8 restarts from the same draws is a reference.
 3. **starts**: evolved starting points. Loss after K=20 Adam steps on held-out sinusoid
    regression instances, from the standard initialisation and from evolved ones (all weights,
    and one scale per tensor).
@@ -460,11 +463,23 @@ def parity(bits: int) -> tuple[np.ndarray, np.ndarray]:
     return x, ((x > 0).sum(1) % 2).astype(np.int32)
 
 
+def sine_wave(n: int, frequency: float, offset: float) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` points of ``sin(frequency * x)`` on a grid over ``[-pi, pi]``, shifted by ``offset``
+    of a grid step (0 for training, 0.5 for test points between the training ones)."""
+    x = -np.pi + (np.arange(n) + offset) * (2 * np.pi / n)
+    return x[:, None].astype(np.float32), np.sin(frequency * x).astype(np.float32)
+
+
 def minima_data(args) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
-    """Train and test data and the success threshold on test accuracy."""
+    """Train and test data and the success threshold on the test score (accuracy; R^2 for
+    the sine task)."""
     if args.minima_task == "parity":
         x, y = parity(args.parity_bits)
         return x, y, x, y, 1.0  # an optimisation problem: solve all patterns
+    if args.minima_task == "sine":
+        x, y = sine_wave(256, args.sine_frequency, 0.0)
+        xt, yt = sine_wave(256, args.sine_frequency, 0.5)
+        return x, y, xt, yt, 0.99
     x, y = two_spirals(400, args.spiral_turns, 0.0, 0)
     xt, yt = two_spirals(400, args.spiral_turns, 0.0, 1)
     return x, y, xt, yt, 0.95
@@ -474,28 +489,44 @@ def minima_contenders(seed: int, args) -> tuple[list[Runner], Callable]:
     x, y, xt, yt, _ = minima_data(args)
     hidden = tuple(args.minima_hidden)
     width_in = x.shape[1]
-    model = MLP(width_in, hidden, 2, rngs=nnx.Rngs(seed))
+    regression = args.minima_task == "sine"
+    # The sine task's network has sin activations: its loss oscillates in each frequency weight
+    # (on [-pi, pi], a poor local minimum about every unit away from the target frequency).
+    mlp_kwargs = {"activation": jnp.sin} if regression else {}
+    width_out = 1 if regression else 2
+    model = MLP(width_in, hidden, width_out, rngs=nnx.Rngs(seed), **mlp_kwargs)
     network = from_nnx(model)
     f_fwd = dense_flops(network)
     d = network.num_params
-    task = Supervised(x, y, xt, yt, batch_size=None)
+    task = Supervised(
+        x, y, xt, yt, batch_size=None, kind="regression" if regression else "classification"
+    )
     bound = task.bind(network)
     n = len(x)
     xt_, yt_ = jnp.asarray(xt), jnp.asarray(yt)
 
     @jax.jit
     def accuracy(theta):
-        return jnp.mean(jnp.argmax(network.apply(theta, xt_), -1) == yt_)
+        out = network.apply(theta, xt_)
+        if regression:  # R^2 on the test points
+            return 1.0 - jnp.mean((out[:, 0] - yt_) ** 2) / jnp.var(yt_)
+        return jnp.mean(jnp.argmax(out, -1) == yt_)
 
     # Population-based hybrids start from independent draws of the network's own initialiser
     # (member 0 is the draw Adam starts from): their diversity is the point of a population.
     # Adam with restarts gets the same draws.
     pop, steps, lr = 8, args.minima_steps, args.minima_lr
     bank = [network.theta0] + [
-        from_nnx(MLP(width_in, hidden, 2, rngs=nnx.Rngs(1000 * (seed + 1) + i))).theta0
+        from_nnx(
+            MLP(width_in, hidden, width_out, rngs=nnx.Rngs(1000 * (seed + 1) + i), **mlp_kwargs)
+        ).theta0
         for i in range(1, pop)
     ]
     bank = jnp.stack(bank)
+
+    def adam_at(name: str, learning_rate: float) -> Runner:
+        loss_on, sample = bound.extra["loss_on"], bound.extra["sample"]
+        return adam_runner(name, network, loss_on, sample, learning_rate, seed, f_fwd, n)
 
     def inits(key: jax.Array, size: int) -> jax.Array:
         return bank[jnp.arange(size) % bank.shape[0]]
@@ -529,9 +560,7 @@ def minima_contenders(seed: int, args) -> tuple[list[Runner], Callable]:
         std=args.minima_std,
     )
     make: dict[str, Callable[[], Runner]] = {
-        "adam": lambda: adam_runner(
-            "adam", network, bound.extra["loss_on"], bound.extra["sample"], lr, seed, f_fwd, n
-        ),
+        "adam": lambda: adam_at("adam", lr),
         "adam_restarts": lambda: adam_restarts_runner(
             "adam_restarts", network, bound.extra["loss_on"], x, y, bank, lr, f_fwd
         ),
@@ -595,6 +624,8 @@ def minima_contenders(seed: int, args) -> tuple[list[Runner], Callable]:
             es_flops(16) + 3 * n * f_fwd + 12 * d,
         ),
     }
+    for lr_ in (1e-3, 3e-2, 1e-1, 3e-1):  # is Adam stuck whatever its step size?
+        make[f"adam_lr{lr_:g}"] = lambda lr_=lr_: adam_at(f"adam_lr{lr_:g}", lr_)
     unknown = set(args.minima_contenders) - set(make)
     if unknown:
         raise SystemExit(f"unknown contenders {sorted(unknown)}; valid: {sorted(make)}")
@@ -613,6 +644,8 @@ def run_minima(args) -> dict:
     }
     if args.minima_task == "parity":
         out["bits"] = args.parity_bits
+    elif args.minima_task == "sine":
+        out["frequency"] = args.sine_frequency
     else:
         out["turns"] = args.spiral_turns
     for seed in range(args.minima_seeds):
@@ -753,12 +786,13 @@ def plot(result: dict, path: str) -> None:
     if minima:
         s = minima["summary"]
         axes[1, 0].bar(list(s), [v["success_rate"] for v in s.values()])
-        axes[1, 0].set_ylabel(f"success rate (accuracy >= {minima['success_threshold']})")
-        what = (
-            f"{minima['bits']}-bit parity"
-            if minima["task"] == "parity"
-            else f"two spirals ({minima['turns']} turns)"
-        )
+        score = "test R^2" if minima["task"] == "sine" else "accuracy"
+        axes[1, 0].set_ylabel(f"success rate ({score} >= {minima['success_threshold']})")
+        what = {
+            "parity": lambda: f"{minima['bits']}-bit parity",
+            "sine": lambda: f"sin({minima['frequency']:g} x), sin units",
+            "spirals": lambda: f"two spirals ({minima['turns']} turns)",
+        }[minima["task"]]()
         axes[1, 0].set_title(
             f"{what}, hidden {minima['hidden']}, {minima['seeds']} seeds, "
             f"{minima['budget_s']} s each"
@@ -772,6 +806,11 @@ def plot(result: dict, path: str) -> None:
         axes[1, 1].set_yscale("log")
         axes[1, 1].set_ylabel("median held-out MSE after 20 Adam steps")
         axes[1, 1].set_title("sinusoids: evolved vs standard initialisation")
+    for ax, part in ((axes[0, 0], digits), (axes[0, 1], digits), (axes[1, 0], minima)):
+        if not part:
+            ax.axis("off")
+    if not starts:
+        axes[1, 1].axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -794,10 +833,16 @@ def main(argv: list[str] | None = None) -> dict:
         default=["adam", "adam_lr0.0001", "open_es", "pgpe", "lamarckian_ga", "esgd"],
         help="also: snes, adam_lr0.0003, baldwinian_ga, guided_es, blended_es",
     )
-    p.add_argument("--minima-task", choices=["parity", "spirals"], default="parity")
+    p.add_argument("--minima-task", choices=["sine", "parity", "spirals"], default="sine")
     p.add_argument("--minima-budget", type=float, default=10.0)
     p.add_argument("--minima-seeds", type=int, default=10)
-    p.add_argument("--minima-hidden", type=int, nargs="+", default=[3])
+    p.add_argument(
+        "--minima-hidden",
+        type=int,
+        nargs="+",
+        default=None,
+        help="hidden widths (default: sine 2, parity 3, spirals 6 6)",
+    )
     p.add_argument("--minima-lr", type=float, default=1e-2)
     p.add_argument("--minima-steps", type=int, default=100, help="hybrids' steps per generation")
     p.add_argument("--minima-std", type=float, default=0.5, help="hybrids' mutation scale")
@@ -809,6 +854,9 @@ def main(argv: list[str] | None = None) -> dict:
     )
     p.add_argument("--parity-bits", type=int, default=4)
     p.add_argument("--spiral-turns", type=float, default=3.0)
+    p.add_argument(
+        "--sine-frequency", type=float, default=6.0, help="target frequency of the sine task"
+    )
     p.add_argument(
         "--minima-contenders",
         nargs="+",
@@ -829,7 +877,17 @@ def main(argv: list[str] | None = None) -> dict:
     today = datetime.date.today().isoformat()
     p.add_argument("--out", default=f"benchmarks/results/hybrid-{today}.json")
     p.add_argument("--png", default="benchmarks/out/hybrid.png")
+    p.add_argument(
+        "--replot", action="store_true", help="redraw --png from the JSON at --out, run nothing"
+    )
     args = p.parse_args(argv)
+    if args.replot:
+        with open(args.out) as f:
+            result = json.load(f)
+        plot(result, args.png)
+        return result
+    if args.minima_hidden is None:
+        args.minima_hidden = {"sine": [2], "parity": [3], "spirals": [6, 6]}[args.minima_task]
 
     result: dict[str, Any] = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),

@@ -26,3 +26,18 @@ def test_gpu_check_runs_on_cpu_with_quick_settings() -> None:
         assert row["evaluation_fraction_of_measured_peak"] > 0
         assert row["generations_per_s"] > 0
         assert row["generations_per_s_with_1_gradient_steps"] > 0
+
+
+def test_hybrid_minima_sine_task_runs_and_scores_r2(tmp_path: Path) -> None:
+    out, png = tmp_path / "h.json", tmp_path / "h.png"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "hybrid.py"), "--parts", "minima"]
+    cmd += ["--minima-budget", "0.3", "--minima-seeds", "1", "--out", str(out), "--png", str(png)]
+    cmd += ["--minima-contenders", "adam", "lamarckian_ga"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    minima = json.loads(out.read_text())["minima"]
+    assert minima["task"] == "sine" and minima["hidden"] == [2] and png.stat().st_size > 0
+    for name in ("adam", "lamarckian_ga"):
+        score = minima["runs"][0]["contenders"][name]["final_accuracy"]  # test R^2
+        assert -10.0 < score <= 1.0
+        assert minima["summary"][name]["success_rate"] in (0.0, 1.0)
