@@ -39,7 +39,7 @@ class Supervised:
         network's population forward pass (``MLP.population_apply``: the shared-input first
         layer as one matrix product for many members) rather than ``vmap`` of the member
         forward pass. ``None`` (default) chooses by backend: the population forward on CPU,
-        where it measured 1.3-1.5x faster, and ``vmap`` on accelerators, where the population
+        where it measured 1.3-1.6x faster, and ``vmap`` on accelerators, where the population
         forward measured 0.52x on an H200 (``benchmarks/levers.py``). Networks without a
         population forward always use ``vmap``.
 
