@@ -1,8 +1,9 @@
 """MkDocs hook: serve a few repository files from outside ``docs/`` at their repository paths.
 
-The site shows ``ARCHITECTURE.md``, ``benchmarks/RESULTS.md`` and every plot under
-``benchmarks/`` without copies: each is added to the build as a file whose URL is its path in
-the repository (``benchmarks/out/hybrid.png`` is served at ``benchmarks/out/hybrid.png``).
+The site shows ``ARCHITECTURE.md``, ``CHANGELOG.md``, ``CONTRIBUTING.md``, the pages
+``benchmarks/*.md`` and every plot under ``benchmarks/`` without copies: each is added to the
+build as a file whose URL is its path in the repository (``benchmarks/out/hybrid.png`` is
+served at ``benchmarks/out/hybrid.png``).
 Pages link to them as GitHub renders them: a guide under ``docs/`` writes
 ``../benchmarks/out/hybrid.png`` and that link is pointed at the served file. A relative link
 to any other file of the repository (a notebook, a script, a module) becomes a link to that
@@ -19,7 +20,13 @@ from pathlib import Path
 from mkdocs.structure.files import File
 
 # Repository files served by the site, besides docs/ (glob patterns from the repository root).
-SERVED = ("ARCHITECTURE.md", "benchmarks/RESULTS.md", "benchmarks/**/*.png")
+SERVED = (
+    "ARCHITECTURE.md",
+    "CHANGELOG.md",
+    "CONTRIBUTING.md",
+    "benchmarks/*.md",
+    "benchmarks/**/*.png",
+)
 
 # [text](target) and ![alt](target "title"); the target has no spaces.
 _LINK = re.compile(r"(!?\[[^\]]*\]\()([^)\s]+)((?:\s+\"[^\"]*\")?\))")
