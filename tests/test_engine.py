@@ -71,10 +71,10 @@ def test_jitted_step_has_one_cache_entry(mlp, tiny_task):
     evo = Evolution(mlp, tiny_task, "open_es", 8)
     state = evo.init(jax.random.key(0))
     new_state, metrics = evo.step(state)
-    assert evo.step._cache_size() == 1
+    assert evo._step._cache_size() == 1
     with CompileCounter() as counter:
         newer_state, _ = evo.step(new_state)
-    assert evo.step._cache_size() == 1
+    assert evo._step._cache_size() == 1
     assert counter.count == 0
     for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(newer_state), strict=True):
         assert a.dtype == b.dtype and a.shape == b.shape
@@ -89,7 +89,7 @@ def test_one_compile_per_chunk_size(mlp, tiny_task):
     evo = Evolution(mlp, tiny_task, "open_es", 8)
     state = evo.init(jax.random.key(0))
     state, history = evo.run(state, 7, chunk_size=3)
-    assert list(evo._compiled) == [3]
+    assert evo.runner.chunk_sizes == [3]
     assert [r["generation"] for r in history.rows] == list(range(1, 8))
     assert [r["evaluations"] for r in history.rows] == [8 * g for g in range(1, 8)]
     assert int(state.generation) == 7 and int(state.evaluations) == 56
@@ -104,7 +104,7 @@ def test_one_compile_per_chunk_size(mlp, tiny_task):
         later, again = evo.run(state, 3, chunk_size=3)
         evo.run(later, 4, chunk_size=3)
     assert counter.count == 0, f"later runs compiled {counter.count} times"
-    assert list(evo._compiled) == [3]
+    assert evo.runner.chunk_sizes == [3]
     assert again.last["compile_time"] == 0.0
     assert [r["generation"] for r in again.rows] == [8, 9, 10]
 

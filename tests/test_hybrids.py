@@ -118,7 +118,7 @@ def test_engine_tells_the_genome_and_evaluates_the_phenotype(tiny_task, mode):
         make_mlp(), tiny_task, "ga", 8, ops=gradient_steps(optax.sgd(0.5), 3, mode=mode)
     )
     state = evo.init(jax.random.key(0))
-    proposal, _ = evo.strategy.algorithm.ask(
+    proposal, _ = evo.strategy.ask(
         jax.random.split(state.key, 5)[1], state.strategy_state, evo.strategy.params
     )
     state, _ = evo.step(state)
@@ -183,7 +183,7 @@ def test_blended_mean_update_interpolates_es_and_gradient():
         return evo.run(state, gens)[0]
 
     w0, w1, wh = run(0.0), run(1.0), run(0.5)
-    assert len(evo._compiled) == 1
+    assert evo.runner.compile_count == 1
     # w = 0 is the strategy alone, bit for bit (hooks do not change the ES key stream).
     np.testing.assert_array_equal(evo.mean_theta(w0), evo_es.mean_theta(es))
     # w = 1 is plain Adam on the mean.

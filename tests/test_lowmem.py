@@ -18,31 +18,34 @@ def test_update_equals_the_explicit_open_es_estimate() -> None:
     """With SGD(lr=1) the step is minus the gradient: compare it with the estimate computed
     from the materialised population, as evosax's Open_ES computes it."""
     pop, dim, std = 10, 7, 0.3
-    es = LowMemoryOpenES(pop, dim, std=std, optimizer=optax.sgd(1.0), batch_size=3)
+    es = LowMemoryOpenES(pop, jnp.zeros(dim), optimizer=optax.sgd(1.0), batch_size=3)
+    params = es.default_params.replace(std_init=std)
     mean = jnp.linspace(-1.0, 1.0, dim)
-    state = es.ask(jax.random.key(1), es.init(jax.random.key(0), mean))
-    population = jnp.stack([es.member(state, i) for i in range(pop)])
+    lazy, state = es.ask(jax.random.key(1), es.init(jax.random.key(0), mean, params), params)
+    population = jnp.stack([lazy.member(i) for i in range(pop)])
     # Antithetic: member j + P/2 mirrors member j.
     np.testing.assert_allclose(population[:5] - mean, mean - population[5:], atol=1e-6)
     fitness = jnp.sum(population**2, axis=1)
     ranks = jnp.argsort(jnp.argsort(fitness)).astype(jnp.float32)
     shaped = ranks / (pop - 1) - 0.5
     grad = shaped @ ((population - mean) / std) / (pop * std)
-    new = es.tell(fitness, state)
+    new, _ = es.tell(jax.random.key(2), lazy, fitness, state, params)
     np.testing.assert_allclose(new.mean, mean - grad, rtol=1e-5, atol=1e-6)
     # The evaluation helper visits the same members, in order, a batch at a time.
-    np.testing.assert_allclose(es.map_members(lambda th: jnp.sum(th**2), state), fitness, rtol=1e-6)
+    np.testing.assert_allclose(lazy.map(lambda th: jnp.sum(th**2)), fitness, rtol=1e-6)
+    np.testing.assert_allclose(lazy.materialize(), population, rtol=1e-6)
 
 
 def test_low_memory_es_descends_a_quadratic() -> None:
-    es = LowMemoryOpenES(32, 20, std=0.1, optimizer=optax.adam(0.05), batch_size=8)
-    state = es.init(jax.random.key(0), jnp.ones(20))
+    es = LowMemoryOpenES(32, jnp.zeros(20), optimizer=optax.adam(0.05), batch_size=8)
+    params = es.default_params.replace(std_init=0.1)
+    state = es.init(jax.random.key(0), jnp.ones(20), params)
 
     @jax.jit
     def step(state, key):
-        state = es.ask(key, state)
-        fitness = es.map_members(lambda th: jnp.sum(th**2), state)
-        return es.tell(fitness, state)
+        lazy, state = es.ask(key, state, params)
+        fitness = lazy.map(lambda th: jnp.sum(th**2))
+        return es.tell(key, lazy, fitness, state, params)[0]
 
     for i in range(60):
         state = step(state, jax.random.key(i + 1))
@@ -52,7 +55,7 @@ def test_low_memory_es_descends_a_quadratic() -> None:
 @pytest.mark.parametrize("population_size", [0, 7])
 def test_low_memory_es_needs_an_even_population(population_size: int) -> None:
     with pytest.raises(ValueError, match="population_size"):
-        LowMemoryOpenES(population_size, 5, std=0.1, optimizer=optax.sgd(0.1))
+        LowMemoryOpenES(population_size, jnp.zeros(5), optimizer=optax.sgd(0.1))
 
 
 def _digits_evolution(strategy: str, **kwargs) -> Evolution:
