@@ -1,29 +1,75 @@
-"""Host-side callbacks run between scanned chunks: progress bar, metric files, plots.
+"""Host-side callbacks run between scanned chunks: progress, metric files, plots, TensorBoard,
+Weights & Biases.
 
-Each is a :class:`~evojax_nets.engine.Callback`; anything else (Weights & Biases, MLflow) is a
-few lines::
+Each is a :class:`~evojax_nets.engine.Callback`, called as ``on_start(owner, state, num_steps)``,
+``on_chunk(owner, state, rows)`` and ``on_end(owner, state, history)``. ``owner`` is whatever
+runs the search (an :class:`~evojax_nets.engine.Evolution`, PBT, an architecture search), and a
+row is a dict of one step's metrics keyed by ``generation`` (or ``round``); these callbacks
+assume nothing more of either.
 
-    class WandbLogger(Callback):
-        def on_chunk(self, evolution, state, rows):
-            for row in rows:
-                wandb.log(row, step=row["generation"])
+Nothing heavy is imported with this module: tqdm, matplotlib, tensorboardX and wandb are
+imported by the callback that uses them, when it starts.
+
+**Generations per second** means one thing everywhere (the bar, the log lines, the command
+line's summary): the steps run so far divided by the seconds since the run started, not
+counting compilation (the ``compile_time`` the engine reports).
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
+import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
-from evojax_nets.engine import Callback, Evolution, EvolutionState, History
+from evojax_nets.engine import Callback, Evolution, History  # noqa: F401  (Evolution: doctests)
+
+logger = logging.getLogger("evojax_nets.progress")
+
+# tqdm's own rate and remaining time would count compilation; ours are in the postfix.
+_BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"
+
+
+def _step_of(row: dict) -> Any:
+    """The step a row belongs to: its ``generation``, else its ``round`` (PBT), else None."""
+    return row.get("generation", row.get("round"))
+
+
+def _headline_metric(owner: Any) -> str | None:
+    task = getattr(owner, "task", None)
+    return getattr(task, "metric", None)
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return format(value, spec) if isinstance(value, int | float) else str(value)
 
 
 class ProgressBar(Callback):
-    """A tqdm bar over generations showing best and mean fitness, the headline test metric
-    and generations per second. ``disable=None`` hides it when output is not a terminal.
+    """Progress of a run: a tqdm bar in a terminal or notebook, log lines elsewhere.
+
+    In a terminal (or a Jupyter notebook) a bar shows ``compiling`` until the first chunk has
+    run, then the generations done, best and mean fitness, the headline test metric and the
+    generations per second (see the module docstring); its clock refreshes every
+    ``refresh_every`` seconds. Where output is not a terminal (``nohup``, SLURM, a redirected
+    log) it logs a line through the stdlib logger ``evojax_nets.progress`` at INFO every
+    ``log_every`` seconds instead (configure logging, e.g. ``logging.basicConfig(level=
+    logging.INFO)``, to see them; the command line does).
+
+    The bar advances when a chunk ends: for one update a second, a chunk must take under a
+    second (the command line sizes its chunks that way).
+
+    Args:
+      disable: ``True`` shows nothing; ``False`` always shows the bar; ``None`` (default)
+        chooses the bar or log lines as above.
+      desc: the bar's label.
+      log_every: seconds between log lines when not in a terminal.
+      refresh_every: seconds between redraws of the bar's clock.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -32,33 +78,177 @@ class ProgressBar(Callback):
       >>> evo = Evolution(nnx.Linear(2, 1, rngs=nnx.Rngs(0)), fitness, "snes", 4, maximize=False)
       >>> bar = ProgressBar(disable=True)  # True: silent here; the default shows it in a terminal
       >>> state, history = evo.run(evo.init(jax.random.key(0)), 3, callbacks=[bar])
-      >>> int(state.generation), len(history.rows)
-      (3, 3)
+      >>> int(state.generation), len(history.rows), bar.steps_done
+      (3, 3, 3)
     """
 
-    def __init__(self, disable: bool | None = None, desc: str = "evolving"):
+    def __init__(
+        self,
+        disable: bool | None = None,
+        desc: str = "evolving",
+        *,
+        log_every: float = 5.0,
+        refresh_every: float = 1.0,
+    ):
+        if not (log_every > 0 and refresh_every > 0):
+            raise ValueError(
+                f"log_every and refresh_every must be positive seconds, got {log_every} and "
+                f"{refresh_every}"
+            )
         self.disable = disable
         self.desc = desc
+        self.log_every = float(log_every)
+        self.refresh_every = float(refresh_every)
         self._bar: Any = None
+        self._mode = "off"
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._reset(0)
 
-    def on_start(self, evolution: Evolution, state: EvolutionState, num_generations: int) -> None:
+    def _reset(self, total: int) -> None:
+        self.total = int(total)
+        self.steps_done = 0
+        self.compile_s = 0.0
+        self._t0 = time.perf_counter()
+        self._t_last = self._t0
+        self._t_event = self._t0
+        self._t_logged = self._t0
+        self._last_row: dict = {}
+        self._compiling = True
+        self._metric: str | None = None
+
+    @property
+    def generations_per_s(self) -> float | None:
+        """Steps per second of running, compilation excluded; None before the first chunk."""
+        if not self.steps_done:
+            return None
+        return self.steps_done / max(self._t_last - self._t0 - self.compile_s, 1e-9)
+
+    def _choose_mode(self) -> str:
+        if self.disable is True:
+            return "off"
+        if self.disable is False:
+            return "bar"
         from tqdm.auto import tqdm
 
-        self._bar = tqdm(
-            total=num_generations, desc=self.desc, unit="gen", disable=self.disable, leave=True
-        )
+        if any("notebook" in cls.__module__ for cls in type.mro(tqdm)):
+            return "bar"
+        isatty = getattr(sys.stderr, "isatty", None)
+        return "bar" if isatty is not None and isatty() else "log"
 
-    def on_chunk(self, evolution: Evolution, state: EvolutionState, rows: list[dict]) -> None:
-        last = rows[-1]
-        post = {"best": f"{last['best_so_far']:.4g}", "mean": f"{last['mean_fitness']:.4g}"}
-        metric = evolution.task.metric
+    def on_start(self, owner: Any, state: Any, num_steps: int) -> None:
+        self.close()
+        self._reset(num_steps)
+        self._mode = self._choose_mode()
+        if self._mode == "bar":
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(
+                total=self.total,
+                desc=f"{self.desc} (compiling)",
+                unit="gen",
+                leave=True,
+                bar_format=_BAR_FORMAT,
+                smoothing=0.0,
+            )
+        elif self._mode == "log":
+            logger.info("%s: compiling; %d generations to run", self.desc, self.total)
+        if self._mode != "off":
+            self._stop.clear()
+            self._thread = threading.Thread(
+                target=self._tick, name="evojax_nets-progress", daemon=True
+            )
+            self._thread.start()
+        self._t0 = self._t_event = self._t_logged = time.perf_counter()  # compilation starts
+
+    def _postfix(self) -> dict[str, str]:
+        last, post = self._last_row, {}
+        for key, name in (("best_so_far", "best"), ("mean_fitness", "mean")):
+            if key in last:
+                post[name] = _fmt(last[key], ".4g")
+        metric = self._metric
         if metric and f"test_{metric}_mean" in last:
-            post[f"test_{metric}"] = f"{last[f'test_{metric}_mean']:.4f}"
-        self._bar.set_postfix(post, refresh=False)
-        self._bar.update(len(rows))
+            post[f"test_{metric}"] = _fmt(last[f"test_{metric}_mean"], ".4f")
+        rate = self.generations_per_s
+        if rate is not None:
+            post["gen/s"] = f"{rate:.3g}"
+            if rate > 0:
+                post["left"] = f"{(self.total - self.steps_done) / rate:.0f}s"
+        return post
 
-    def on_end(self, evolution: Evolution, state: EvolutionState, history: History) -> None:
-        self._bar.close()
+    def on_chunk(self, owner: Any, state: Any, rows: list[dict]) -> None:
+        if not rows:
+            return
+        now = time.perf_counter()
+        with self._lock:
+            self._metric = _headline_metric(owner)
+            self.compile_s = float(rows[-1].get("compile_time", self.compile_s) or 0.0)
+            self.steps_done += len(rows)
+            self._t_last = self._t_event = now
+            self._last_row = rows[-1]
+            first, self._compiling = self._compiling, False
+        if self._mode == "bar":
+            if first:
+                self._bar.set_description_str(self.desc, refresh=False)
+            self._bar.set_postfix(self._postfix(), refresh=False)
+            self._bar.update(len(rows))
+        elif self._mode == "log" and (
+            first or now - self._t_logged >= self.log_every or self.steps_done >= self.total
+        ):
+            self._log_status(now)
+
+    def _log_status(self, now: float) -> None:
+        self._t_logged = now
+        if self._compiling:
+            logger.info("%s: still compiling (%.0f s)", self.desc, now - self._t0)
+            return
+        step = _step_of(self._last_row)
+        parts = [f"{self.desc}: generation {step} ({self.steps_done}/{self.total})"]
+        post = self._postfix()
+        parts += [f"{k} {v}" for k, v in post.items() if k not in ("gen/s", "left")]
+        if "gen/s" in post:
+            parts.append(f"{post['gen/s']} generations/s")
+        if "left" in post:
+            parts.append(f"about {post['left']} left")
+        logger.info(" | ".join(parts))
+
+    def _tick(self) -> None:
+        # Redraw the bar's clock (it shows compilation time too) and keep log lines coming
+        # while a long compilation or a slow chunk runs. Gives up after ten minutes without
+        # any event, so a run that died with an exception does not tick forever.
+        while not self._stop.wait(self.refresh_every):
+            now = time.perf_counter()
+            if now - self._t_event > 600:
+                return
+            if self._mode == "bar" and self._bar is not None:
+                self._bar.refresh()
+            elif self._mode == "log" and now - self._t_logged >= self.log_every:
+                with self._lock:
+                    self._log_status(now)
+
+    def close(self) -> None:
+        """Stop the clock and close the bar (``on_end`` does; call it after an exception)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2 * self.refresh_every)
+            self._thread = None
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def on_end(self, owner: Any, state: Any, history: Any) -> None:
+        self.close()
+        if self._mode == "log":
+            rate = self.generations_per_s
+            logger.info(
+                "%s: done, %d generations in %.1f s (compilation %.1f s), %s generations/s",
+                self.desc,
+                self.steps_done,
+                self._t_last - self._t0,
+                self.compile_s,
+                "n/a" if rate is None else f"{rate:.3g}",
+            )
 
 
 def _clean(value: Any) -> Any:
@@ -72,7 +262,9 @@ class MetricWriter(Callback):
 
     Rows are flushed at every chunk, so a crashed run keeps what it logged. JSON has no NaN:
     missing values are written as ``null``, infinities as the strings ``"inf"``/``"-inf"``.
-    ``append=True`` continues an existing file (a resumed run).
+    ``append=True`` continues an existing file (a resumed run); the command line instead
+    rewrites the file from the checkpoint's history on ``--resume``, so that rows logged after
+    the checkpoint are not written twice.
 
     Example:
       >>> import json, tempfile
@@ -95,7 +287,7 @@ class MetricWriter(Callback):
             raise ValueError(f"path must end in .jsonl or .csv, got {self.path.name!r}")
         self._columns: list[str] | None = None
 
-    def on_start(self, evolution: Evolution, state: EvolutionState, num_generations: int) -> None:
+    def on_start(self, owner: Any, state: Any, num_steps: int) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._columns = None
         if not (self.append and self.path.exists()):
@@ -104,7 +296,7 @@ class MetricWriter(Callback):
             with self.path.open(newline="") as f:
                 self._columns = next(csv.reader(f), None)
 
-    def on_chunk(self, evolution: Evolution, state: EvolutionState, rows: list[dict]) -> None:
+    def on_chunk(self, owner: Any, state: Any, rows: list[dict]) -> None:
         with self.path.open("a", newline="") as f:
             if self.path.suffix == ".jsonl":
                 for row in rows:
@@ -183,30 +375,115 @@ def plot_history(
     return fig
 
 
+def _scalars(row: dict) -> dict[str, float]:
+    """A row's finite numbers, without its step key."""
+    return {
+        name: value
+        for name, value in row.items()
+        if name not in ("generation", "round")
+        and isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    }
+
+
 class TensorBoardWriter(Callback):
     """Write every generation's metrics as TensorBoard scalars (needs ``tensorboardX``:
-    ``pip install 'evojax_nets[tensorboard]'``). Non-finite values are skipped."""
+    ``pip install 'evojax_nets[tensorboard]'``). Non-finite values are skipped.
 
-    def __init__(self, logdir: str | os.PathLike):
+    ``purge_step``: for a resumed run, the first step it writes (the checkpoint's generation
+    plus one); TensorBoard then discards what an interrupted earlier run logged from that step
+    on, so no step appears twice.
+    """
+
+    def __init__(self, logdir: str | os.PathLike, *, purge_step: int | None = None):
         self.logdir = Path(logdir)
+        self.purge_step = purge_step
         self._writer: Any = None
+        self._step = 0
 
-    def on_start(self, evolution: Evolution, state: EvolutionState, num_generations: int) -> None:
+    def on_start(self, owner: Any, state: Any, num_steps: int) -> None:
         try:
             from tensorboardX import SummaryWriter
         except ImportError as err:  # pragma: no cover - depends on the environment
             raise ImportError(
                 "TensorBoardWriter needs tensorboardX: pip install 'evojax_nets[tensorboard]'"
             ) from err
-        self._writer = SummaryWriter(str(self.logdir))
+        self._writer = SummaryWriter(str(self.logdir), purge_step=self.purge_step)
 
-    def on_chunk(self, evolution: Evolution, state: EvolutionState, rows: list[dict]) -> None:
+    def on_chunk(self, owner: Any, state: Any, rows: list[dict]) -> None:
         for row in rows:
-            step = int(row["generation"])
-            for name, value in row.items():
-                if name != "generation" and isinstance(value, int | float) and math.isfinite(value):
-                    self._writer.add_scalar(name, value, step)
+            step = _step_of(row)
+            self._step = int(step) if step is not None else self._step + 1
+            for name, value in _scalars(row).items():
+                self._writer.add_scalar(name, value, self._step)
         self._writer.flush()
 
-    def on_end(self, evolution: Evolution, state: EvolutionState, history: History) -> None:
+    def on_end(self, owner: Any, state: Any, history: Any) -> None:
         self._writer.close()
+
+
+class WandbLogger(Callback):
+    """Log every generation's metrics to Weights & Biases (needs ``wandb``:
+    ``pip install 'evojax_nets[wandb]'``). The step is the row's generation (or PBT round);
+    non-finite values are skipped.
+
+    Args:
+      project: the W&B project of the run this callback starts (with ``wandb.init``) and
+        finishes at the end of the run.
+      run: an already started ``wandb`` run to log into instead; it is left open.
+      config: the run's configuration (recorded by ``wandb.init``).
+      init_kwargs: more arguments for ``wandb.init`` (``name``, ``dir``, ``mode``, ``tags``).
+
+    Set ``WANDB_MODE=offline`` to log without an account or network (``wandb sync`` later).
+
+    Example:
+      >>> logger = WandbLogger(project="digits", config={"population": 256})  # doctest: +SKIP
+      >>> state, history = evo.run(state, 100, callbacks=[logger])           # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        project: str | None = None,
+        *,
+        run: Any = None,
+        config: dict | None = None,
+        **init_kwargs: Any,
+    ):
+        self.project = project
+        self.config = config
+        self.init_kwargs = init_kwargs
+        self.run = run
+        self._owns_run = False
+        self._step = 0
+
+    def on_start(self, owner: Any, state: Any, num_steps: int) -> None:
+        if self.run is not None:
+            return
+        try:
+            import wandb
+        except ImportError as err:  # pragma: no cover - depends on the environment
+            raise ImportError("WandbLogger needs wandb: pip install 'evojax_nets[wandb]'") from err
+        self.run = wandb.init(project=self.project, config=self.config, **self.init_kwargs)
+        self._owns_run = True
+
+    def on_chunk(self, owner: Any, state: Any, rows: list[dict]) -> None:
+        for row in rows:
+            step = _step_of(row)
+            self._step = int(step) if step is not None else self._step + 1
+            self.run.log(_scalars(row), step=self._step)
+
+    def on_end(self, owner: Any, state: Any, history: Any) -> None:
+        if self._owns_run and self.run is not None:
+            self.run.finish()
+            self.run = None
+            self._owns_run = False
+
+
+__all__ = [
+    "MetricWriter",
+    "ProgressBar",
+    "TensorBoardWriter",
+    "WandbLogger",
+    "plot_history",
+]
