@@ -20,6 +20,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh
 
 from evojax_nets.generation import (
@@ -219,7 +220,9 @@ class Evolution:
         theta = jax.ShapeDtypeStruct(self.network.theta0.shape, self.network.theta0.dtype)
         key = jax.eval_shape(lambda: jax.random.key(0))
         task_state = jax.eval_shape(self.task.initial_state, key) if self.task.stateful else ()
-        out = jax.eval_shape(self.task.fitness_with_aux(task_state), key, theta)[0]
+        out = jax.eval_shape(
+            lambda k, th, ts: self.task.fitness_with_aux(ts)(k, th), key, theta, task_state
+        )[0]
         if not hasattr(out, "shape") or not hasattr(out, "dtype"):
             raise TypeError(
                 f"fitness must return a scalar array; it returned {type(out).__name__} "
@@ -260,24 +263,65 @@ class Evolution:
           0.3
         """
         sp = self.params.strategy
-        inner_fields = getattr(sp.inner, "__dataclass_fields__", {})
+        valid = ["std", "learning_rate", *sorted(getattr(sp.inner, "__dataclass_fields__", {}))]
+        for name, value in settings.items():
+            if name not in valid:
+                raise ValueError(f"unknown setting {name!r}; valid: {', '.join(valid)}")
+            if name in ("std", "learning_rate"):
+                v = np.asarray(value, np.float64)
+                if not (np.all(np.isfinite(v)) and np.all(v > 0)):
+                    raise ValueError(f"{name} must be a finite positive number, got {value!r}")
+        return self.replace_settings(self.params, settings)
+
+    @staticmethod
+    def replace_settings(params: EvolutionParams, settings: dict[str, Any]) -> EvolutionParams:
+        """``params`` with settings replaced, traceably (no checks: see :meth:`params_with`);
+        values may be tracers, so PBT can set them per member inside a compiled round."""
+        sp = params.strategy
         for name, value in settings.items():
             if name in ("std", "learning_rate"):
-                v = jnp.asarray(value, jnp.float32)
-                if not bool(jnp.all(jnp.isfinite(v)) & jnp.all(v > 0)):
-                    raise ValueError(f"{name} must be a finite positive number, got {value!r}")
-                sp = sp.replace(**{name: v})
-            elif name in inner_fields:
-                old = getattr(sp.inner, name)
-                sp = sp.replace(
-                    inner=sp.inner.replace(**{name: jnp.asarray(value, jnp.result_type(old))})
-                )
+                sp = sp.replace(**{name: jnp.asarray(value, jnp.float32)})
             else:
-                raise ValueError(
-                    f"unknown setting {name!r}; valid: std, learning_rate, "
-                    + ", ".join(sorted(inner_fields))
-                )
-        return self.params.replace(strategy=sp)
+                old = getattr(sp.inner, name)
+                new = jnp.asarray(value, jnp.result_type(old))
+                sp = sp.replace(inner=sp.inner.replace(**{name: new}))
+        return params.replace(strategy=sp)
+
+    def pbt(
+        self,
+        space: dict[str, Any],
+        population_size: int,
+        *,
+        ready: int,
+        score: Any = None,
+        **pbt_kwargs: Any,
+    ) -> Any:
+        """Population-based training whose members are whole runs of this evolution: each
+        member is an :class:`EvolutionState` with its own ``space`` settings (``std``,
+        ``learning_rate``, evosax params), ``ready`` generations per round (see
+        :func:`evojax_nets.search.over.pbt_over`). ``score(state) -> scalar`` (larger is better)
+        defaults to the task's fitness of the run's solution on a fixed key, in the task's
+        sense."""
+        from evojax_nets.search.over import pbt_over
+
+        if score is None:
+            fitness = self.task.fitness_fn(())
+            key = jax.random.key(0)
+            sign = 1.0 if self.maximize else -1.0
+
+            def score(state: EvolutionState) -> jax.Array:
+                return sign * fitness(key, self.evolution.solution_theta(state))
+
+        return pbt_over(
+            self.program,
+            self.params,
+            space,
+            score,
+            population_size,
+            ready=ready,
+            set_params=self.replace_settings,
+            **pbt_kwargs,
+        )
 
     def evaluate(self, key: jax.Array, population: Population, task_state: Any = ()) -> jax.Array:
         """Fitness of every row of ``population`` in the task's own sense (vmapped); a

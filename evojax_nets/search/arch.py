@@ -275,12 +275,31 @@ class ArchSearch:
             perturb_probability=perturb_probability,
             resample_probability=resample_probability,
         )
+        self.pbt.fingerprint_extra = {
+            "arch_space": repr(space),
+            "size_penalty": self.size_penalty,
+            "size_measure": size_measure,
+            "score": score,
+            "batch_size": batch_size,
+            "data": [list(x_tr.shape), list(x_va.shape)],
+        }
         self._x_val, self._y_val = x_va, y_va
         self._eval_all = jax.jit(
             jax.vmap(
                 lambda p, g, x, y: (accuracy(p, g, x, y), size_fn(g)), in_axes=(0, 0, None, None)
             )
         )
+
+    def abstract_state(self) -> Any:
+        """The population state's shapes and dtypes, from shapes alone (for checkpoints)."""
+        return self.pbt.abstract_state(self._init_member)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The configuration a checkpoint must match to be resumed."""
+        return self.pbt.fingerprint()
+
+    def step_count(self, state: PBTState) -> int:
+        return self.pbt.step_count(state)
 
     def _init_member(self, key: jax.Array) -> dict:
         params = self.space.init_params(key)

@@ -11,6 +11,7 @@ import jax
 import numpy as np
 from flax import struct
 
+from evojax_nets.runner import Callback
 from evojax_nets.search.spaces import Space
 
 if TYPE_CHECKING:
@@ -58,6 +59,28 @@ class PBTHistory:
     hparams: list[dict[str, np.ndarray]] = field(default_factory=list)
     parents: list[np.ndarray] = field(default_factory=list)
     wall_time: list[float] = field(default_factory=list)
+
+    def extend(self, rows: list[dict[str, Any]]) -> None:
+        """Append the runner's rows (one per round). A round's wall time is that of the end
+        of the chunk it ran in (the host sees nothing finer)."""
+        pending = 0
+        for row in rows:
+            self.steps.append(int(row["step"]))
+            self.scores.append(np.asarray(row["scores"], np.float32))
+            self.hparams.append(
+                {
+                    name: np.asarray(row[f"hparams/{name}"], np.dtype(s.dtype))
+                    for name, s in self.space.items()
+                }
+            )
+            self.parents.append(np.asarray(row["parents"], np.int32))
+            pending += 1
+            if "wall_time" in row:
+                self.wall_time.extend([float(row["wall_time"])] * pending)
+                pending = 0
+        if pending:
+            last = self.wall_time[-1] if self.wall_time else float("nan")
+            self.wall_time.extend([last] * pending)
 
     @property
     def num_rounds(self) -> int:
@@ -142,38 +165,36 @@ class PBTResult:
         )
 
 
-class PBTCallback:
-    """Host-side hooks called between compiled chunks of rounds; override what you need."""
-
-    def on_start(self, pbt: PBT, state: PBTState, num_steps: int) -> None:
-        pass
-
-    def on_chunk(self, pbt: PBT, state: PBTState, history: PBTHistory, num_rounds: int) -> None:
-        pass
-
-    def on_end(self, pbt: PBT, state: PBTState, history: PBTHistory) -> None:
-        pass
+PBTCallback = Callback
+"""PBT's callbacks are the runner's: ``on_start(pbt, state, num_rounds)``,
+``on_chunk(pbt, state, rows)`` (one row per round: ``step``, ``best_score``, ``median_score``,
+``scores``, ``parents``, ``hparams/<name>``), ``on_end(pbt, state, history)``."""
 
 
-class PBTProgressBar(PBTCallback):
-    """A tqdm bar over training steps showing the best and median score."""
+class PBTProgressBar(Callback):
+    """A tqdm bar over rounds showing the training step, the best and the median score."""
 
     def __init__(self, disable: bool | None = None, desc: str = "pbt"):
         self.disable, self.desc, self._bar = disable, desc, None
 
-    def on_start(self, pbt: PBT, state: PBTState, num_steps: int) -> None:
+    def on_start(self, pbt: PBT, state: PBTState, num_rounds: int) -> None:
         from tqdm.auto import tqdm
 
-        self._bar = tqdm(total=num_steps, desc=self.desc, unit="step", disable=self.disable)
-        self._start = int(state.step)
+        self._bar = tqdm(total=num_rounds, desc=self.desc, unit="round", disable=self.disable)
 
-    def on_chunk(self, pbt: PBT, state: PBTState, history: PBTHistory, num_rounds: int) -> None:
-        s = history.scores[-1]
-        best = np.nanmax(s) if pbt.maximize else np.nanmin(s)
-        self._bar.set_postfix({"best": f"{best:.4g}", "median": f"{np.nanmedian(s):.4g}"})
-        self._bar.update(history.steps[-1] - self._start - self._bar.n)
+    def on_chunk(self, pbt: PBT, state: PBTState, rows: list[dict]) -> None:
+        last = rows[-1]
+        self._bar.set_postfix(
+            {
+                "step": last["step"],
+                "best": f"{last['best_score']:.4g}",
+                "median": f"{last['median_score']:.4g}",
+            },
+            refresh=False,
+        )
+        self._bar.update(len(rows))
 
-    def on_end(self, pbt: PBT, state: PBTState, history: PBTHistory) -> None:
+    def on_end(self, pbt: PBT, state: PBTState, history: Any) -> None:
         self._bar.close()
 
 

@@ -36,10 +36,8 @@ Example::
 
 from __future__ import annotations
 
-import inspect
 import math
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
 import jax
@@ -47,8 +45,16 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from evojax_nets.engine import canonicalize
-from evojax_nets.search.history import PBTCallback, PBTHistory, PBTResult, PBTState
+from evojax_nets.program import (
+    Program,
+    canonicalize,
+    check_key,
+    rank_finite,
+    truncation_select,
+)
+from evojax_nets.runner import Callback, Runner
+from evojax_nets.search.checks import check_hparams, check_member, num_positional
+from evojax_nets.search.history import PBTHistory, PBTResult, PBTState
 from evojax_nets.search.spaces import (
     HParams,
     SearchSpace,
@@ -59,20 +65,6 @@ from evojax_nets.search.spaces import (
 )
 
 # -- the algorithm ----------------------------------------------------------------------------
-
-
-def _num_positional(fn: Callable) -> int:
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):
-        return 1
-    n = 0
-    for p in sig.parameters.values():
-        if p.kind == p.VAR_POSITIONAL:
-            return 2
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty:
-            n += 1
-    return n
 
 
 def _same_dtype(new: Any, old: Any) -> Any:
@@ -175,7 +167,7 @@ class PBT:
                 raise ValueError(f"{name} must be in [0, 1], got {p!r}")
         self.train_step = train_step
         self.eval_fn = eval_fn
-        self._eval_takes_hparams = _num_positional(eval_fn) >= 2
+        self._eval_takes_hparams = num_positional(eval_fn) >= 2
         self.population_size = int(population_size)
         self.ready = int(ready)
         self.batch_fn = batch_fn if batch_fn is not None else (lambda key: key)
@@ -188,11 +180,23 @@ class PBT:
         self.perturb_probability = float(perturb_probability)
         self.resample_probability = 1.0 if explore == "resample" else float(resample_probability)
         self.inject = bool(inject)
-        self._compiled: dict[int, Any] = {}
         self._init_jits: dict[Callable, Callable] = {}
         self._init_from_state = jax.jit(lambda k, s, h: self._init_fn(k, None, s, h))
-        self.num_traces = 0
-        """How many times the chunk function was traced (a test checks it stays at one)."""
+        self._template: Any = None
+        self.fingerprint_extra: dict[str, Any] = {}
+        """More configuration a checkpoint must match (set by searches built on PBT)."""
+        self.program = Program(
+            init=self._no_init,
+            step=self._step,
+            counter=lambda s: s.round,
+            counter_name="round",
+        )
+        self.runner = Runner(self.program, owner=self)
+
+    @property
+    def num_traces(self) -> int:
+        """Chunk executables compiled so far (a test checks it stays at one)."""
+        return self.runner.compile_count
 
     # -- per-member pieces, vmapped here and only here --------------------------------------
 
@@ -219,21 +223,15 @@ class PBT:
 
     # -- exploit and explore ----------------------------------------------------------------
 
-    def _goodness(self, scores: jax.Array) -> jax.Array:
-        s = scores if self.maximize else -scores
-        return jnp.where(jnp.isfinite(s), s, -jnp.inf)  # NaN or diverged: worst
-
     def exploit(self, key: jax.Array, scores: jax.Array) -> jax.Array:
         """``(P,)`` parents: the bottom quantile points at random members of the top quantile,
         every other member at itself. NaN and infinite scores rank worst."""
         ident = jnp.arange(self.population_size)
         if self.exploit_mode == "none":
             return ident
-        order = jnp.argsort(-self._goodness(scores), stable=True)  # best first
         q = self.num_replaced
-        top, bottom = order[:q], order[-q:]
-        donors = top[jax.random.randint(key, (q,), 0, q)]
-        return ident.at[bottom].set(donors)
+        order, donors = truncation_select(key, rank_finite(scores, self.maximize), q, q)
+        return ident.at[order[-q:]].set(donors)
 
     def explore(self, key: jax.Array, hparams: HParams, mask: jax.Array) -> HParams:
         """Perturb (or resample) the hyperparameters of the members in ``mask``; the others
@@ -273,34 +271,6 @@ class PBT:
         return state.replace(members=members, hparams=hparams, scores=scores), parents
 
     # -- init -------------------------------------------------------------------------------
-
-    def _check_member(self, member_shape: Any, hparams: HParams) -> None:
-        hp1 = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), hparams)
-        key = jax.eval_shape(lambda: jax.random.key(0))
-        batch = jax.eval_shape(self.batch_fn, key)
-        try:
-            out = jax.eval_shape(self.train_step, member_shape, batch, hp1)
-        except Exception as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ValueError(
-                f"train_step(state, batch, hparams) failed on one member's state with hparams "
-                f"{sorted(self.space)}: {type(err).__name__}: {first}"
-            ) from err
-        if jax.tree.structure(out) != jax.tree.structure(member_shape):
-            raise ValueError(
-                "train_step must return the state in the structure it received; got "
-                f"{jax.tree.structure(out)} for {jax.tree.structure(member_shape)}"
-            )
-        bad = [
-            (a.shape, b.shape)
-            for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(member_shape), strict=True)
-            if a.shape != b.shape
-        ]
-        if bad:
-            raise ValueError(f"train_step changed leaf shapes (returned, received): {bad[:3]}")
-        score = jax.eval_shape(self._member_eval, member_shape, hp1)
-        if score.shape != ():
-            raise ValueError(f"eval_fn must return a scalar score, got shape {score.shape}")
 
     def _init_fn(
         self, key: jax.Array, init_fn: Callable | None, one: Any, hparams: HParams | None
@@ -343,10 +313,7 @@ class PBT:
           >>> pbt.init(jax.random.key(0), jnp.float32(0.0)).members.shape
           (4,)
         """
-        if not isinstance(key, jax.Array) or not (
-            jnp.issubdtype(key.dtype, jax.dtypes.prng_key) or key.shape == (2,)
-        ):
-            raise TypeError(f"key must be a jax.random.key, got {key!r}")
+        check_key(key)
         if isinstance(init, nnx.Module):
             raise TypeError(
                 "init must be init(key) -> state or a state pytree; for an NNX model split it "
@@ -354,7 +321,7 @@ class PBT:
                 "pass state, and nnx.merge(graphdef, state) inside train_step and eval_fn"
             )
         if hparams is not None:
-            hparams = self._check_hparams(hparams)
+            hparams = check_hparams(self, hparams)
         if callable(init):
             one = jax.eval_shape(init, jax.eval_shape(lambda: jax.random.key(0)))
         else:
@@ -364,28 +331,15 @@ class PBT:
         hp_shape = hparams or jax.eval_shape(
             lambda: sample_hparams(jax.random.key(0), self.space, self.population_size)
         )
-        self._check_member(one, hp_shape)
+        check_member(self, one, hp_shape)
         if not callable(init):
-            return self._init_from_state(key, init, hparams)
-        if init not in self._init_jits:  # one compiled init per init function
-            self._init_jits[init] = jax.jit(lambda k, h: self._init_fn(k, init, None, h))
-        return self._init_jits[init](key, hparams)
-
-    def _check_hparams(self, hparams: Any) -> HParams:
-        if not isinstance(hparams, Mapping) or set(hparams) != set(self.space):
-            got = sorted(hparams) if isinstance(hparams, Mapping) else type(hparams).__name__
-            raise ValueError(f"hparams must have the keys {sorted(self.space)}, got {got}")
-        out = {}
-        for name, s in self.space.items():
-            v = jnp.asarray(hparams[name], s.dtype)
-            if v.shape != (self.population_size,):
-                raise ValueError(
-                    f"hparams[{name!r}] must have shape ({self.population_size},), got {v.shape}"
-                )
-            if not bool(np.all(s.contains(np.asarray(v)))):
-                raise ValueError(f"hparams[{name!r}] has values outside its space {s}")
-            out[name] = v
-        return out
+            state = self._init_from_state(key, init, hparams)
+        else:
+            if init not in self._init_jits:  # one compiled init per init function
+                self._init_jits[init] = jax.jit(lambda k, h: self._init_fn(k, init, None, h))
+            state = self._init_jits[init](key, hparams)
+        self._template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+        return state
 
     # -- one round, chunks of rounds --------------------------------------------------------
 
@@ -431,31 +385,24 @@ class PBT:
         }
         return canonicalize(out), record
 
-    def _chunk_fn(self, chunk_size: int) -> Callable:
-        def chunk(state: PBTState, num_steps: jax.Array):
-            self.num_traces += 1
-            blank = jax.tree.map(
-                lambda s: jnp.zeros(s.shape, s.dtype),
-                jax.eval_shape(self.round, state, num_steps)[1],
-            )
+    def _no_init(self, key: jax.Array, params: Any) -> PBTState:
+        raise TypeError("a PBT population starts from PBT.init(key, init): it needs the init")
 
-            def body(s: PBTState, _: Any):
-                active = s.step < num_steps
-                s, rec = jax.lax.cond(
-                    active, lambda s: self.round(s, num_steps), lambda s: (s, blank), s
-                )
-                return s, (rec, active)
-
-            return jax.lax.scan(body, state, None, length=chunk_size)
-
-        return chunk
-
-    def compile(self, state: PBTState, chunk_size: int) -> Any:
-        """The compiled chunk of ``chunk_size`` rounds (once per chunk size)."""
-        if chunk_size not in self._compiled:
-            fn = jax.jit(self._chunk_fn(chunk_size))
-            self._compiled[chunk_size] = fn.lower(state, jnp.int32(0)).compile()
-        return self._compiled[chunk_size]
+    def _step(
+        self, state: PBTState, params: dict[str, jax.Array], inputs: Any = None
+    ) -> tuple[PBTState, dict[str, jax.Array]]:
+        """One round as a program step; ``params["until"]`` caps the training steps."""
+        state, record = self.round(state, params["until"])
+        scores = record["scores"]
+        metrics = {
+            "step": record["step"],
+            "best_score": scores[jnp.argmax(rank_finite(scores, self.maximize))],
+            "median_score": jnp.nanmedian(scores),
+            "scores": scores,
+            "parents": record["parents"],
+        }
+        metrics.update({f"hparams/{k}": v for k, v in record["hparams"].items()})
+        return state, metrics
 
     def run(
         self,
@@ -463,11 +410,14 @@ class PBT:
         num_steps: int,
         *,
         chunk_size: int | None = None,
-        callbacks: Iterable[PBTCallback] = (),
+        callbacks: Iterable[Callback] = (),
         history: PBTHistory | None = None,
+        elapsed: float = 0.0,
     ) -> tuple[PBTState, PBTHistory]:
         """Train every member ``num_steps`` more steps, with exploit and explore every
-        ``ready`` steps, in compiled chunks of ``chunk_size`` rounds.
+        ``ready`` steps, in compiled chunks of ``chunk_size`` rounds (the one
+        :class:`~evojax_nets.runner.Runner`: callbacks, checkpoints and metric files as for
+        evolution; their rows are rounds).
 
         Returns the final state and the history (appended to ``history`` if given).
 
@@ -494,35 +444,68 @@ class PBT:
         num_rounds = -(-int(num_steps) // self.ready)
         if chunk_size is None:
             chunk_size = min(num_rounds, 25)
-        if not isinstance(chunk_size, int | np.integer) or chunk_size < 1:
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int | np.integer):
             raise ValueError(f"chunk_size must be a positive int (rounds), got {chunk_size!r}")
-        chunk_size = int(chunk_size)
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive int (rounds), got {chunk_size!r}")
         if history is None:
-            history = PBTHistory(space=dict(self.space), maximize=self.maximize)
-        callbacks = list(callbacks)
-        target = int(state.step) + int(num_steps)
-        for cb in callbacks:
-            cb.on_start(self, state, int(num_steps))
-        compiled = self.compile(state, chunk_size)
-        t0 = time.perf_counter()
-        done = 0
-        while done < num_rounds:
-            state, (rec, active) = compiled(state, jnp.int32(target))
-            rec, active = jax.device_get((rec, active))
-            n = 0
-            for j in np.flatnonzero(active):
-                history.steps.append(int(rec["step"][j]))
-                history.scores.append(np.asarray(rec["scores"][j]))
-                history.hparams.append({k: np.asarray(v[j]) for k, v in rec["hparams"].items()})
-                history.parents.append(np.asarray(rec["parents"][j]))
-                history.wall_time.append(time.perf_counter() - t0)
-                n += 1
-            done += min(chunk_size, num_rounds - done)
-            for cb in callbacks:
-                cb.on_chunk(self, state, history, n)
-        for cb in callbacks:
-            cb.on_end(self, state, history)
+            history = self.history()
+        params = {"until": jnp.int32(int(state.step) + int(num_steps))}
+        state, rows = self.runner.run(
+            state,
+            params,
+            num_rounds,
+            chunk_size=int(chunk_size),
+            callbacks=callbacks,
+            elapsed=elapsed,
+        )
+        history.extend(rows.rows)
         return state, history
+
+    def history(self, rows: Iterable[dict] = ()) -> PBTHistory:
+        """An empty :class:`PBTHistory`, or one rebuilt from runner rows (for example the
+        history a checkpoint hands back on resume)."""
+        history = PBTHistory(space=dict(self.space), maximize=self.maximize)
+        history.extend(list(rows))
+        return history
+
+    # -- for checkpoints ---------------------------------------------------------------------
+
+    def abstract_state(self, init: Callable[[jax.Array], State] | None = None) -> Any:
+        """The population state's shapes and dtypes: from ``init(key) -> state`` when given
+        (remembered), else from the last :meth:`init`."""
+        if init is not None:
+            key = jax.eval_shape(lambda: jax.random.key(0))
+            self._template = jax.eval_shape(lambda k: self._init_fn(k, init, None, None), key)
+        if self._template is None:
+            raise ValueError(
+                "the population's shapes are not known yet: call pbt.init(key, init) first "
+                "(it defines them), then resume"
+            )
+        return self._template
+
+    def step_count(self, state: PBTState) -> int:
+        return int(state.round)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The configuration a checkpoint must match to be resumed (JSON-serialisable)."""
+        return {
+            "kind": "pbt",
+            "train_step": getattr(self.train_step, "__qualname__", repr(self.train_step)),
+            "eval_fn": getattr(self.eval_fn, "__qualname__", repr(self.eval_fn)),
+            "space": {k: repr(v) for k, v in sorted(self.space.items())},
+            "population_size": self.population_size,
+            "ready": self.ready,
+            "maximize": self.maximize,
+            "exploit": self.exploit_mode,
+            "quantile": self.quantile,
+            "explore": self.explore_mode,
+            "perturb_factors": list(self.perturb_factors),
+            "perturb_probability": self.perturb_probability,
+            "resample_probability": self.resample_probability,
+            "inject": self.inject,
+            **self.fingerprint_extra,
+        }
 
     # -- results ----------------------------------------------------------------------------
 
@@ -560,7 +543,7 @@ class PBT:
         num_steps: int,
         *,
         chunk_size: int | None = None,
-        callbacks: Iterable[PBTCallback] = (),
+        callbacks: Iterable[Callback] = (),
     ) -> PBTResult:
         """``init``, ``run`` and ``result`` in one call (see the class example)."""
         state = self.init(key, init)
