@@ -679,7 +679,10 @@ class _Session:
         self.rows: list[dict] = []
         self.compile_s = 0.0
         self.call_compile_s = 0.0
-        self.t_begin = self.t_ready = self.t_last = time.perf_counter()
+        self.t_begin = self.t_last = time.perf_counter()
+        from evojax_nets.logging import RateClock
+
+        self.clock = RateClock(self.t_begin)
         self._call_seen = False
         self._holding = False
         self._stopping = False
@@ -723,7 +726,7 @@ class _Session:
                 cb.on_start(owner, state, self.total)
             if self.bar is not None:  # last: its clock starts where compilation starts
                 self.bar.on_start(owner, state, self.total)
-            self.t_ready = time.perf_counter()
+            self.clock.start()
 
     def on_chunk(self, owner: Any, state: Any, rows: list[dict]) -> None:
         with self.holding():
@@ -738,6 +741,7 @@ class _Session:
             self.state = state
             self.rows.extend(rows)
             self.t_last = now
+            self.clock.chunk(len(rows), self.compile_s, now)
             if self.bar is not None:  # first: its clock stops where the chunk ended
                 self.bar.on_chunk(owner, state, rows)
             for cb in self.callbacks:
@@ -757,10 +761,8 @@ class _Session:
 
     @property
     def generations_per_s(self) -> float | None:
-        """Generations run / (seconds since the run started - compilation), as the bar."""
-        if not self.rows:
-            return None
-        return len(self.rows) / max(self.t_last - self.t_ready - self.compile_s, 1e-9)
+        """Generations per second, as the bar reports them (see ``logging.RateClock``)."""
+        return self.clock.rate
 
 
 def _largest_divisor_at_most(n: int, limit: int) -> int:
@@ -1084,7 +1086,7 @@ def run_command(ns: argparse.Namespace) -> int:
         f"wall time {summary['wall_time_s']:.1f} s (compile {summary['compile_time_s']:.1f} s)"
     )
     rate = summary["generations_per_s"]
-    parts.append(f"{rate:.1f} generations/s" if rate is not None else "no generations run")
+    parts.append(f"{rate:.3g} generations/s" if rate is not None else "no generations run")
     parts.append(f"outputs in {summary['output']}")
     print(" | ".join(parts))
     if interrupted:

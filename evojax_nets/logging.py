@@ -11,8 +11,10 @@ Nothing heavy is imported with this module: tqdm, matplotlib, tensorboardX and w
 imported by the callback that uses them, when it starts.
 
 **Generations per second** means one thing everywhere (the bar, the log lines, the command
-line's summary): the steps run so far divided by the seconds since the run started, not
-counting compilation (the ``compile_time`` the engine reports).
+line's summary; see :class:`RateClock`): the steady rate, generations per second after the
+first chunk, which is where every one-time cost (compiling the chunk, the test metrics, the
+first transfers) falls; until a second chunk has run, the generations so far over the seconds
+since the start less the chunk's compilation.
 """
 
 from __future__ import annotations
@@ -48,6 +50,53 @@ def _headline_metric(owner: Any) -> str | None:
 
 def _fmt(value: Any, spec: str) -> str:
     return format(value, spec) if isinstance(value, int | float) else str(value)
+
+
+class RateClock:
+    """Generations per second, as the bar, the log lines and the command line's summary report
+    them: after the first chunk, the generations of the later chunks over the seconds they
+    took (one-time costs such as compilation fall in the first chunk); before, the
+    generations so far over the seconds since :meth:`start` less ``compile_s``.
+
+    Example:
+      >>> clock = RateClock(now=0.0)
+      >>> clock.chunk(10, compile_s=3.0, now=5.0)   # 10 generations in 5 s, 3 s compiling
+      >>> clock.rate
+      5.0
+      >>> clock.chunk(20, now=7.0)                  # then 20 generations in 2 s
+      >>> clock.rate, clock.steps
+      (10.0, 30)
+    """
+
+    def __init__(self, now: float | None = None):
+        self.start(now)
+
+    def start(self, now: float | None = None) -> None:
+        """Start the clock (where compilation starts)."""
+        self.t_start = time.perf_counter() if now is None else now
+        self.t_last = self.t_start
+        self.steps = 0
+        self.compile_s = 0.0
+        self._first: tuple[int, float] | None = None
+
+    def chunk(self, steps: int, compile_s: float | None = None, now: float | None = None) -> None:
+        """A chunk of ``steps`` ended now; ``compile_s``: the run's compilation so far."""
+        self.t_last = time.perf_counter() if now is None else now
+        self.steps += int(steps)
+        if compile_s is not None:
+            self.compile_s = float(compile_s)
+        if self._first is None:
+            self._first = (self.steps, self.t_last)
+
+    @property
+    def rate(self) -> float | None:
+        """Generations per second; None before the first chunk."""
+        if self._first is None:
+            return None
+        first_steps, t_first = self._first
+        if self.steps > first_steps and self.t_last > t_first:
+            return (self.steps - first_steps) / (self.t_last - t_first)
+        return self.steps / max(self.t_last - self.t_start - self.compile_s, 1e-9)
 
 
 class ProgressBar(Callback):
@@ -109,21 +158,25 @@ class ProgressBar(Callback):
     def _reset(self, total: int) -> None:
         self.total = int(total)
         self.steps_done = 0
-        self.compile_s = 0.0
-        self._t0 = time.perf_counter()
+        self.clock = RateClock()
+        self._t0 = self.clock.t_start
         self._t_last = self._t0
         self._t_event = self._t0
         self._t_logged = self._t0
         self._last_row: dict = {}
         self._compiling = True
         self._metric: str | None = None
+        self._logged_steps = -1
 
     @property
     def generations_per_s(self) -> float | None:
-        """Steps per second of running, compilation excluded; None before the first chunk."""
-        if not self.steps_done:
-            return None
-        return self.steps_done / max(self._t_last - self._t0 - self.compile_s, 1e-9)
+        """Generations per second (see :class:`RateClock`); None before the first chunk."""
+        return self.clock.rate
+
+    @property
+    def compile_s(self) -> float:
+        """The compilation time the engine reported."""
+        return self.clock.compile_s
 
     def _choose_mode(self) -> str:
         if self.disable is True:
@@ -160,7 +213,8 @@ class ProgressBar(Callback):
                 target=self._tick, name="evojax_nets-progress", daemon=True
             )
             self._thread.start()
-        self._t0 = self._t_event = self._t_logged = time.perf_counter()  # compilation starts
+        self.clock.start()  # compilation starts now
+        self._t0 = self._t_event = self._t_logged = self.clock.t_start
 
     def _postfix(self) -> dict[str, str]:
         last, post = self._last_row, {}
@@ -183,7 +237,7 @@ class ProgressBar(Callback):
         now = time.perf_counter()
         with self._lock:
             self._metric = _headline_metric(owner)
-            self.compile_s = float(rows[-1].get("compile_time", self.compile_s) or 0.0)
+            self.clock.chunk(len(rows), rows[-1].get("compile_time"), now)
             self.steps_done += len(rows)
             self._t_last = self._t_event = now
             self._last_row = rows[-1]
@@ -204,6 +258,15 @@ class ProgressBar(Callback):
             logger.info("%s: still compiling (%.0f s)", self.desc, now - self._t0)
             return
         step = _step_of(self._last_row)
+        if self._logged_steps == self.steps_done:  # nothing new since the last line
+            logger.info(
+                "%s: still running after generation %s (%.0f s since it ended)",
+                self.desc,
+                step,
+                now - self._t_last,
+            )
+            return
+        self._logged_steps = self.steps_done
         parts = [f"{self.desc}: generation {step} ({self.steps_done}/{self.total})"]
         post = self._postfix()
         parts += [f"{k} {v}" for k, v in post.items() if k not in ("gen/s", "left")]
@@ -483,6 +546,7 @@ class WandbLogger(Callback):
 __all__ = [
     "MetricWriter",
     "ProgressBar",
+    "RateClock",
     "TensorBoardWriter",
     "WandbLogger",
     "plot_history",
