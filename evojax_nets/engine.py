@@ -197,7 +197,7 @@ class Evolution:
             eval_batch_size=eval_batch_size,
         )
         self.params: EvolutionParams = EvolutionParams(strategy=self.strategy.params)
-        self._check_fitness()
+        self.evolution.check_fitness()
         self.program = self.evolution.program()
         self.runner = Runner(
             self.program,
@@ -205,6 +205,7 @@ class Evolution:
             max_memory_bytes=max_memory_bytes,
             memory_hints=self._memory_hints,
         )
+        self._feed: Any = None
         self._step = jax.jit(self.program.step)
         self._init = jax.jit(self.program.init)
         self._test = jax.jit(self.evolution.test_metrics)
@@ -215,29 +216,6 @@ class Evolution:
         return float(self.params.strategy.std)
 
     # -- checks made once, before anything compiles ------------------------------------------
-
-    def _check_fitness(self) -> None:
-        theta = jax.ShapeDtypeStruct(self.network.theta0.shape, self.network.theta0.dtype)
-        key = jax.eval_shape(lambda: jax.random.key(0))
-        task_state = jax.eval_shape(self.task.initial_state, key) if self.task.stateful else ()
-        out = jax.eval_shape(
-            lambda k, th, ts: self.task.fitness_with_aux(ts)(k, th), key, theta, task_state
-        )[0]
-        if not hasattr(out, "shape") or not hasattr(out, "dtype"):
-            raise TypeError(
-                f"fitness must return a scalar array; it returned {type(out).__name__} "
-                f"{out!r}: return one number per member, for example jnp.mean(loss)"
-            )
-        if out.shape != ():
-            raise ValueError(
-                f"fitness must return a scalar; it returned shape {out.shape}: reduce it to "
-                "one number per member (for example jnp.mean or jnp.sum)"
-            )
-        if not (jnp.issubdtype(out.dtype, jnp.floating) or jnp.issubdtype(out.dtype, jnp.integer)):
-            raise TypeError(
-                f"fitness must return a real number; it returned dtype {out.dtype}: cast it, "
-                "for example jnp.float32(passed)"
-            )
 
     def _memory_hints(self) -> list[str]:
         p, d = self.population_size, self.network.num_params
@@ -302,26 +280,9 @@ class Evolution:
         :func:`evojax_nets.search.over.pbt_over`). ``score(state) -> scalar`` (larger is better)
         defaults to the task's fitness of the run's solution on a fixed key, in the task's
         sense."""
-        from evojax_nets.search.over import pbt_over
+        from evojax_nets.search.over import pbt_of_evolution
 
-        if score is None:
-            fitness = self.task.fitness_fn(())
-            key = jax.random.key(0)
-            sign = 1.0 if self.maximize else -1.0
-
-            def score(state: EvolutionState) -> jax.Array:
-                return sign * fitness(key, self.evolution.solution_theta(state))
-
-        return pbt_over(
-            self.program,
-            self.params,
-            space,
-            score,
-            population_size,
-            ready=ready,
-            set_params=self.replace_settings,
-            **pbt_kwargs,
-        )
+        return pbt_of_evolution(self, space, population_size, ready, score, **pbt_kwargs)
 
     def evaluate(self, key: jax.Array, population: Population, task_state: Any = ()) -> jax.Array:
         """Fitness of every row of ``population`` in the task's own sense (vmapped); a
@@ -372,6 +333,7 @@ class Evolution:
             num_generations,
             chunk_size=chunk_size,
             callbacks=callbacks,
+            feed=self.feed(),
             elapsed=elapsed,
         )
         dead = sum(1 for r in history.rows if r.get("num_nonfinite") == self.population_size)
@@ -420,7 +382,25 @@ class Evolution:
         """
         return run_sweep(self, seeds, num_generations, settings, chunk_size, callbacks)
 
-    # -- for checkpoints -------------------------------------------------------------------
+    # -- a fed task's host iterator, and for checkpoints ------------------------------------
+
+    def feed(self) -> Any:
+        """A fed task's host iterator (one for the life of this object, so consecutive runs
+        continue the data stream), or ``None``."""
+        if self.task.feed is not None and self._feed is None:
+            self._feed = self.task.feed.iterator()
+        return self._feed
+
+    def feed_state(self) -> Any:
+        """The fed iterator's position (JSON-serialisable), or ``None`` for other tasks."""
+        it = self.feed()
+        return None if it is None else it.get_state()
+
+    def set_feed_state(self, position: Any) -> None:
+        """Move the fed iterator to a saved position (a resumed run continues the stream)."""
+        it = self.feed()
+        if it is not None and position is not None:
+            it.set_state(position)
 
     def abstract_state(self) -> Any:
         """The state's shapes and dtypes (``jax.ShapeDtypeStruct``), from shapes alone."""

@@ -149,18 +149,54 @@ class EvolutionProgram:
             report=self.test_metrics if self.task.test_metrics is not None else None,
         )
 
+    def check_fitness(self) -> None:
+        """Refuse, from shapes alone, a fitness that does not return one real number."""
+        theta = jax.ShapeDtypeStruct(self.network.theta0.shape, self.network.theta0.dtype)
+        key = jax.eval_shape(lambda: jax.random.key(0))
+        task_state = jax.eval_shape(self.task.initial_state, key) if self.task.stateful else ()
+        batch = self.task.feed.spec() if self.task.fed else None
+        out = jax.eval_shape(
+            lambda k, th, ts, b: self.task.fitness_with_aux(ts, b)(k, th),
+            key,
+            theta,
+            task_state,
+            batch,
+        )[0]
+        if not hasattr(out, "shape") or not hasattr(out, "dtype"):
+            raise TypeError(
+                f"fitness must return a scalar array; it returned {type(out).__name__} "
+                f"{out!r}: return one number per member, for example jnp.mean(loss)"
+            )
+        if out.shape != ():
+            raise ValueError(
+                f"fitness must return a scalar; it returned shape {out.shape}: reduce it to "
+                "one number per member (for example jnp.mean or jnp.sum)"
+            )
+        if not (jnp.issubdtype(out.dtype, jnp.floating) or jnp.issubdtype(out.dtype, jnp.integer)):
+            raise TypeError(
+                f"fitness must return a real number; it returned dtype {out.dtype}: cast it, "
+                "for example jnp.float32(passed)"
+            )
+
     # -- evaluation: the only place members are vmapped and sharded ----------------------------
 
-    def evaluate(self, key: jax.Array, population: Any, task_state: Any = ()) -> tuple:
-        """Fitness (task's own sense) and the task's per-member ``aux`` of every member."""
-        fit = self.task.fitness_with_aux(task_state)
+    def evaluate(
+        self, key: jax.Array, population: Any, task_state: Any = (), batch: Any = None
+    ) -> tuple:
+        """Fitness (task's own sense) and the task's per-member ``aux`` of every member; a fed
+        task evaluates every member on the generation's ``batch``."""
+        fit = self.task.fitness_with_aux(task_state, batch)
         if isinstance(population, LazyPopulation):
             return population.map(lambda theta: fit(key, theta))
         if self.mesh is not None:
             population = jax.lax.with_sharding_constraint(
                 population, NamedSharding(self.mesh, PartitionSpec("pop"))
             )
-        if self.eval_batch_size is None and self.task.population_fitness is not None:
+        if (
+            self.eval_batch_size is None
+            and self.task.population_fitness is not None
+            and not self.task.fed
+        ):
             fitness, aux = self.task.population_fitness(key, population), ()
         elif self.eval_batch_size is None:
             fitness, aux = jax.vmap(fit, in_axes=(None, 0))(key, population)
@@ -261,7 +297,7 @@ class EvolutionProgram:
             def member(i: jax.Array) -> jax.Array:
                 return phenotype[i]
 
-        raw, aux = self.evaluate(k_eval, phenotype, state.task_state)
+        raw, aux = self.evaluate(k_eval, phenotype, state.task_state, inputs)
         raw = self._to_min(raw)
         fitness, finite = sanitize_fitness(raw)
         sstate, _ = self.strategy.tell(k_tell, genome, fitness, sstate, sp)

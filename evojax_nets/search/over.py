@@ -70,3 +70,33 @@ def pbt_over(
     pbt.member_init = lambda key: program.init(key, params)
     pbt.fingerprint_extra = {"member_program": program.counter_name}
     return pbt
+
+
+def pbt_of_evolution(
+    evolution: Any,
+    space: Mapping[str, Space],
+    population_size: int,
+    ready: int,
+    score: Callable[[Any], jax.Array] | None = None,
+    **pbt_kwargs: Any,
+) -> PBT:
+    """:func:`pbt_over` for an :class:`~evojax_nets.engine.Evolution` (see
+    :meth:`~evojax_nets.engine.Evolution.pbt`)."""
+    if score is None:
+        fitness = evolution.task.fitness_fn(())
+        key = jax.random.key(0)
+        sign = 1.0 if evolution.maximize else -1.0
+
+        def score(state: Any) -> jax.Array:
+            return sign * fitness(key, evolution.solution_theta(state))
+
+    return pbt_over(
+        evolution.program,
+        evolution.params,
+        space,
+        score,
+        population_size,
+        ready=ready,
+        set_params=evolution.replace_settings,
+        **pbt_kwargs,
+    )

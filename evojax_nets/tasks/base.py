@@ -45,6 +45,12 @@ class BoundTask:
         ``(P, D)`` population at once, equal to ``vmap(fitness)`` up to float32 rounding
         (optional, stateless tasks only); the engine uses it when it is faster, for example
         when the network has its own population forward.
+      feed: makes the task *fed* (optional): an object with ``iterator()`` (a host-side
+        iterator yielding one batch, a pytree of arrays, per generation, with
+        ``get_state()``/``set_state(state)`` so a checkpoint can save its position) and
+        ``spec()`` (the batch's ``jax.ShapeDtypeStruct`` tree). The runner pulls a chunk's
+        batches between chunks and the fitness takes its generation's batch:
+        ``fitness(key, theta, batch)``. Data larger than memory streams from disk this way.
 
     The engine calls a task through :meth:`fitness_with_aux`, :meth:`fitness_fn`,
     :meth:`test_metrics_fn` and :meth:`next_state`, which give stateless tasks the same shape
@@ -61,6 +67,12 @@ class BoundTask:
     init_state: Callable[[jax.Array], Any] | None = None
     update_state: Callable[[Any, Any], Any] | None = None
     population_fitness: Callable[[jax.Array, jax.Array], jax.Array] | None = None
+    feed: Any = None
+
+    @property
+    def fed(self) -> bool:
+        """Whether the fitness takes a host-fed batch (see ``feed``)."""
+        return self.feed is not None
 
     @property
     def stateful(self) -> bool:
@@ -71,9 +83,14 @@ class BoundTask:
         """The task state a run starts from; ``()`` for a stateless task."""
         return self.init_state(key) if self.init_state is not None else ()
 
-    def fitness_with_aux(self, task_state: Any = ()) -> Callable[[jax.Array, jax.Array], Any]:
-        """``f(key, theta) -> (fitness, aux)`` with the task state bound; ``aux`` is ``()`` for
-        a stateless task."""
+    def fitness_with_aux(
+        self, task_state: Any = (), batch: Any = None
+    ) -> Callable[[jax.Array, jax.Array], Any]:
+        """``f(key, theta) -> (fitness, aux)`` with the task state (and a fed task's batch)
+        bound; ``aux`` is ``()`` for a stateless task."""
+        if self.feed is not None:
+            fit = self.fitness
+            return lambda key, theta: (fit(key, theta, batch), ())
         if self.init_state is None:
             fit = self.fitness
             return lambda key, theta: (fit(key, theta), ())
