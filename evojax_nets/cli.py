@@ -995,11 +995,14 @@ def execute(plan: Plan, evolution: Evolution, cache_dir: str | None) -> tuple[di
         )
     _write_config(plan, cache_dir, resumed_from)
 
-    # Rows up to the checkpoint, written again: what a killed run logged after it goes away.
-    start_file = MetricWriter(metrics)
+    # Rows up to the checkpoint, written again (what a killed run logged after it goes away),
+    # into a new file that replaces the old one whole: a kill here loses nothing either.
+    fresh = out / f".metrics-rewrite.{config.format}"
+    start_file = MetricWriter(fresh)
     start_file.on_start(evolution, state, left)
     if earlier:
         start_file.on_chunk(evolution, state, earlier)
+    os.replace(fresh, metrics)
     callbacks: list[Any] = [MetricWriter(metrics, append=True)]
     if config.tensorboard:
         purge = generation + 1 if generation else None

@@ -21,7 +21,7 @@ import pytest
 import evojax_nets
 from evojax_nets import logging as ev_logging
 from evojax_nets.checkpoint import available_steps
-from evojax_nets.cli import main
+from evojax_nets.cli import build_parser, main, plan_run
 
 TINY = ["--population", "8", "--model", "mlp:8", "--no-progress", "--no-compile-cache"]
 
@@ -89,9 +89,10 @@ def test_issue13_item7_refuses_an_existing_run_folder(tmp_path, capsys):
     assert (out / "notes.txt").read_text() == "mine"
     assert json.loads((out / "summary.json").read_text())["generations_done"] == 2
 
-    empty = tmp_path / "empty"
+    empty = tmp_path / "empty"  # an existing but empty folder is fine
     empty.mkdir()
-    assert main(["run", "--out", str(empty), *TINY, "--generations", "1"]) == 0
+    plan = plan_run(build_parser().parse_args(["run", "--out", str(empty)]))
+    assert plan.out == empty and not plan.resume and not plan.overwrite
 
 
 def test_issue13_item8_resume_writes_outputs_after_a_kill_past_the_final_checkpoint(
@@ -130,12 +131,12 @@ def _child_env() -> dict[str, str]:
 
 
 def test_issue13_item8_ctrl_c_writes_the_outputs_of_the_generations_done(tmp_path):
-    out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "evojax_nets.cli", "run", "--out", str(out), *TINY]
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    cmd = [sys.executable, "-m", "evojax_nets.cli", "run", "--out", str(out), *TINY[:-1]]
     cmd += ["--generations", "100000", "--chunk-size", "1", "--checkpoint-every", "1000"]
-    proc = subprocess.Popen(
-        cmd, env=_child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    env = _child_env()
+    env["EVOJAX_NETS_COMPILE_CACHE"] = str(cache)  # and issue 16: the cache is on by default
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 240
         metrics = out / "metrics.jsonl"
@@ -157,6 +158,8 @@ def test_issue13_item8_ctrl_c_writes_the_outputs_of_the_generations_done(tmp_pat
     assert summary["interrupted"] is True and 3 <= done < 100000
     assert [r["generation"] for r in _rows(metrics)] == list(range(1, done + 1))
     assert (out / "params.npz").stat().st_size > 0
+    assert any(cache.iterdir())
+    assert json.loads((out / "config.json").read_text())["compile_cache"] == str(cache)
     # The interrupted run saved a checkpoint of where it stopped, so it can go on.
     assert available_steps(out / "checkpoints")[-1] == done
     assert main(["run", "--out", str(out), *TINY, "--generations", str(done + 2), "--resume"]) == 0
