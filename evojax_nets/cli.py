@@ -36,7 +36,8 @@ log) a log line every ``--log-every`` seconds. Ctrl-C stops the run and still wr
 outputs of the generations done (and a checkpoint, with ``--checkpoint-every``).
 
 Exit codes: 0 done, 1 runtime failure (memory, a corrupted checkpoint, ...), 2 usage error
-(bad option, config file or run folder), 130 interrupted (Ctrl-C) after writing the outputs.
+(bad option, config file or run folder), 130 interrupted by Ctrl-C (143 by SIGTERM, as SLURM
+sends before its time limit) after writing the outputs.
 """
 
 from __future__ import annotations
@@ -84,6 +85,11 @@ RUN_FILES = (
 """What a run writes into its folder (and all that ``--overwrite`` deletes)."""
 
 log = logging.getLogger("evojax_nets.cli")
+
+_EXIT_CODES = (
+    "exit codes: 0 done, 1 runtime failure, 2 usage error, 130 interrupted by Ctrl-C, 143 by "
+    "SIGTERM (the outputs of the generations done are written first)"
+)
 
 
 class UsageError(Exception):
@@ -398,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="evojax-nets",
         description="Evolve Flax networks with evosax strategies.",
-        epilog="exit codes: 0 done, 1 runtime failure, 2 usage error, 130 interrupted",
+        epilog=_EXIT_CODES,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -410,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
             "and summary.json into the run folder. Every option can also be given in a config "
             "file (--config), under its name with underscores; the command line wins."
         ),
-        epilog="exit codes: 0 done, 1 runtime failure, 2 usage error, 130 interrupted",
+        epilog=_EXIT_CODES,
     )
     run.add_argument(
         "--config", metavar="FILE", help="settings from a .toml or .json file (or a run folder)"
@@ -687,10 +693,13 @@ class _Session:
         self._holding = False
         self._stopping = False
         self._pending = False
+        self.signal: signal.Signals | None = None  # the first one received
 
-    # Ctrl-C ---------------------------------------------------------------------------------
+    # Ctrl-C and SIGTERM ---------------------------------------------------------------------
 
     def on_sigint(self, signum: int, frame: Any) -> None:
+        if self.signal is None:
+            self.signal = signal.Signals(signum)
         if self._holding or self._stopping:
             self._pending = True
             return
@@ -949,16 +958,19 @@ def _sigint_to(handler: Callable[[int, Any], None]) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, old in previous.items():
+            signal.signal(s, old)
 
 
-def execute(plan: Plan, evolution: Evolution, cache_dir: str | None) -> tuple[dict[str, Any], bool]:
-    """Run (or resume) the planned run and write its outputs; returns the summary and whether
-    Ctrl-C stopped it."""
+def execute(
+    plan: Plan, evolution: Evolution, cache_dir: str | None
+) -> tuple[dict[str, Any], int | None]:
+    """Run (or resume) the planned run and write its outputs; returns the summary and the
+    signal that stopped it (Ctrl-C's SIGINT, SIGTERM) or None."""
     import jax
 
     from evojax_nets.checkpoint import Checkpointer, available_steps, resume
@@ -1047,7 +1059,7 @@ def execute(plan: Plan, evolution: Evolution, cache_dir: str | None) -> tuple[di
         summary = write_outputs(
             out, evolution, state, rows, config, session, resumed_from, interrupted
         )
-    return summary, interrupted
+    return summary, (int(session.signal or signal.SIGINT) if interrupted else None)
 
 
 def _error(message: Any) -> None:
@@ -1074,7 +1086,7 @@ def run_command(ns: argparse.Namespace) -> int:
     from evojax_nets.checkpoint import CheckpointError
 
     try:
-        summary, interrupted = execute(plan, evolution, cache_dir)
+        summary, stopped_by = execute(plan, evolution, cache_dir)
     except UsageError as err:
         _error(err)
         return EXIT_USAGE
@@ -1092,14 +1104,15 @@ def run_command(ns: argparse.Namespace) -> int:
     parts.append(f"{rate:.3g} generations/s" if rate is not None else "no generations run")
     parts.append(f"outputs in {summary['output']}")
     print(" | ".join(parts))
-    if interrupted:
+    if stopped_by is not None:
         print(
-            f"evojax-nets: interrupted at generation {summary['generations_done']}; the outputs "
-            f"of the generations done are in {summary['output']}"
+            f"evojax-nets: interrupted ({signal.Signals(stopped_by).name}) at generation "
+            f"{summary['generations_done']}; the outputs of the generations done are in "
+            f"{summary['output']}"
             + (" (continue with --resume)" if plan.config.checkpoint_every else ""),
             file=sys.stderr,
         )
-        return EXIT_INTERRUPTED
+        return 128 + stopped_by
     return EXIT_OK
 
 
