@@ -20,6 +20,7 @@ from evojax_nets import Evolution, Supervised, load_digits
 from evojax_nets.checkpoint import (
     Checkpointer,
     CheckpointError,
+    CheckpointWarning,
     _to_storable,
     available_steps,
     restore,
@@ -154,8 +155,10 @@ def test_corrupted_checkpoint_is_refused_and_earlier_ones_survive(tmp_path: Path
         if path.is_file():
             path.write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match=r"checkpoint 4 .* other checkpoints: \[2\]"):
-        resume(evo, tmp_path)
-    earlier, history = restore(tmp_path, evo, step=2)
+        restore(tmp_path, evo, step=4)
+    # Without a step, resume falls back to the newest readable checkpoint and says so.
+    with pytest.warns(CheckpointWarning, match=r"resuming from checkpoint 2 .* checkpoint 4"):
+        earlier, history = resume(evo, tmp_path)
     assert int(earlier.generation) == 2 and len(history.rows) == 2
 
 
