@@ -185,8 +185,8 @@ class ProgressBar(Callback):
             return "bar"
         from tqdm.auto import tqdm
 
-        if any("notebook" in cls.__module__ for cls in type.mro(tqdm)):
-            return "bar"
+        if "ipykernel" in sys.modules or any("notebook" in c.__module__ for c in type.mro(tqdm)):
+            return "bar"  # Jupyter: a widget, or text that the notebook redraws
         isatty = getattr(sys.stderr, "isatty", None)
         return "bar" if isatty is not None and isatty() else "log"
 
