@@ -10,7 +10,6 @@ held, so ``from evojax_nets.arch import ...`` keeps working.
 """
 
 from evojax_nets.search.arch import ArchResult, ArchSearch, check_memory, estimate_bytes
-from evojax_nets.search.arch import _physical_memory_bytes as _physical_memory_bytes
 from evojax_nets.search.arch_modules import ACTIVATIONS, ArchCNN, ArchMLP, Genes
 from evojax_nets.search.arch_modules import _check_activations as _check_activations
 from evojax_nets.search.arch_modules import _check_int as _check_int

@@ -185,7 +185,6 @@ class Evolution:
             "ops": [getattr(op.apply, "__qualname__", "op") for op in op_list],
             "eval_batch_size": eval_batch_size,
             "population_init": population_init is not None,
-            "mesh": None if mesh is None else dict(mesh.shape),
         }
         self.evolution = EvolutionProgram(
             network=self.network,

@@ -50,6 +50,7 @@ from flax import struct
 
 from evojax_nets.nets import Network, as_network
 from evojax_nets.ops import Members, OpContext, PopulationOp
+from evojax_nets.program import rank_finite
 from evojax_nets.strategies import DEFAULT_STD, DeepGA, DeepGAParams, DeepGAState
 from evojax_nets.types import Population
 
@@ -423,7 +424,7 @@ class ESGD(DeepGA):
         mu, m = self.num_parents, self.num_elites_kept
         num_children = self.population_size - mu
         k_rest, k_pair, k_mut = jax.random.split(key, 3)
-        order = jnp.argsort(jnp.where(jnp.isnan(state.fitness), jnp.inf, state.fitness))
+        order = jnp.argsort(-rank_finite(state.fitness, maximize=False), stable=True)
         rest = jax.random.permutation(k_rest, order[m:])[: mu - m]
         parents = state.population[jnp.concatenate([order[:m], rest])]
         pairs = jax.random.randint(k_pair, (num_children, 2), 0, mu)

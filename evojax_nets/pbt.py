@@ -19,7 +19,6 @@ from evojax_nets.search.history import (
     plot_schedules,
 )
 from evojax_nets.search.pbt import PBT
-from evojax_nets.search.pbt import _num_positional as _num_positional
 from evojax_nets.search.pbt import _same_dtype as _same_dtype
 from evojax_nets.search.pbt import _take as _take
 from evojax_nets.search.pbt import _tree_take as _tree_take

@@ -196,6 +196,27 @@ def _stack_inputs(items: list[Any], chunk_size: int) -> Any:
     return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *items)
 
 
+def _on_shardings(state: Any, shardings: Any) -> Any:
+    """``state`` with every array on the sharding the executable was compiled for.
+
+    A leaf already there (or on an equivalent sharding) is left alone. Under several
+    processes a host-local value is left for the executable to place, as any jitted call does
+    (putting it on a global sharding would first compare its value across processes, which
+    fails for NaN); global arrays are moved like single-process ones.
+    """
+
+    def put(x: Any, s: Any) -> Any:
+        if not isinstance(x, jax.Array):
+            return x
+        if x.sharding == s or x.sharding.is_equivalent_to(s, x.ndim):
+            return x
+        if jax.process_count() > 1 and x.is_fully_addressable:
+            return x
+        return jax.device_put(x, s)
+
+    return jax.tree.map(put, state, shardings)
+
+
 def _to_row_value(value: np.ndarray) -> Any:
     return value.item() if value.ndim == 0 else value.tolist()
 
@@ -358,7 +379,7 @@ class Runner:
             compile_s += secs
             # Outputs of a sharded chunk may come back laid out differently from what the
             # executable was compiled for: put the state back where it expects it.
-            state = jax.device_put(state, compiled.input_shardings[0][0])
+            state = _on_shardings(state, compiled.input_shardings[0][0])
             state, metrics = compiled(state, params, jnp.int32(n), inputs)
             metrics = jax.device_get(metrics)
             report = {}

@@ -33,7 +33,6 @@ Example::
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -44,6 +43,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from evojax_nets.runner import device_memory_bytes
 from evojax_nets.search.arch_modules import Genes, _check_int
 from evojax_nets.search.arch_spaces import ArchSpace, CNNSpace, MLPSpace
 from evojax_nets.search.history import PBTCallback, PBTHistory, PBTResult, PBTState
@@ -51,13 +51,6 @@ from evojax_nets.search.pbt import PBT
 from evojax_nets.search.spaces import Space, inject_hparams, sample_batches
 
 # -- memory ---------------------------------------------------------------------------------
-
-
-def _physical_memory_bytes() -> int:
-    try:
-        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
-        return 16 * 2**30
 
 
 def estimate_bytes(space: ArchSpace, population_size: int, batch_size: int, num_val: int) -> int:
@@ -82,9 +75,10 @@ def check_memory(
     max_bytes: int | None = None,
 ) -> int:
     """Refuse, before anything is allocated, a maximum architecture too large for memory.
-    ``max_bytes`` defaults to half of the machine's physical memory. Returns the estimate."""
+    ``max_bytes`` defaults to half of the device's memory (an accelerator's own, else the
+    host's). Returns the estimate."""
     need = estimate_bytes(space, population_size, batch_size, num_val)
-    limit = _physical_memory_bytes() // 2 if max_bytes is None else int(max_bytes)
+    limit = device_memory_bytes() // 2 if max_bytes is None else int(max_bytes)
     if need > limit:
         if isinstance(space, MLPSpace):
             knobs = f"max_depth={space.max_depth}, widths up to {space.max_width}"

@@ -27,6 +27,7 @@ import numpy as np
 from flax import nnx
 
 from evojax_nets.nets import Network
+from evojax_nets.program import first_line
 from evojax_nets.tasks.base import BoundTask
 from evojax_nets.tasks.rl.envs import Env, make_env
 from evojax_nets.tasks.rl.episodes import (
@@ -164,7 +165,7 @@ class RLTask:
         try:
             carry, new_carry, out = jax.eval_shape(one, network.theta0)
         except Exception as err:  # the user's module rejected the observation
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            first = first_line(err)
             call = "policy(carry, obs)" if recurrent else "policy(obs)"
             raise ValueError(
                 f"{env.name} observations of shape {env.obs_shape} do not fit the policy "
