@@ -424,6 +424,11 @@ class Evolution:
             "std": float(sp.std),
             "learning_rate": float(sp.learning_rate),
             **self._settings,
+            "data": (
+                getattr(self.task.feed, "fingerprint", lambda: type(self.task.feed).__name__)()
+                if self.task.fed
+                else None
+            ),
         }
 
     # -- results in the user's structure ----------------------------------------------------

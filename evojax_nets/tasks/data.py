@@ -257,6 +257,17 @@ class StreamedSupervised:
         )
         return iter(self.dataset().to_iter_dataset(options))
 
+    def fingerprint(self) -> dict[str, Any]:
+        """What a checkpoint of a run on this stream must match (the data and its order)."""
+        x, _ = self._arrays()
+        return {
+            "x_path": str(Path(self.x_path).resolve()),
+            "y_path": str(Path(self.y_path).resolve()),
+            "shape": list(x.shape),
+            "batch_size": int(self.batch_size),
+            "seed": int(self.seed),
+        }
+
     def spec(self) -> dict[str, jax.ShapeDtypeStruct]:
         """Shapes and dtypes of one batch."""
         b = int(self.batch_size)
