@@ -259,7 +259,7 @@ class StreamedSupervised:
 
     def fingerprint(self) -> dict[str, Any]:
         """What a checkpoint of a run on this stream must match (the data and its order)."""
-        x, _ = self._arrays()
+        x, _ = self._arrays
         return {
             "x_path": str(Path(self.x_path).resolve()),
             "y_path": str(Path(self.y_path).resolve()),
