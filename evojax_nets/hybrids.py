@@ -109,18 +109,22 @@ def train_member(
       (True, 0)
     """
     grad_fn = jax.grad(loss, argnums=1)
+    # optax's apply_if_finite does the skipping; errors never "run out" within K steps.
+    safe = optax.apply_if_finite(optimizer, max_consecutive_errors=keys.shape[0] + 1)
+    wrapped = optax.ApplyIfFiniteState(
+        notfinite_count=jnp.zeros([], jnp.int32),
+        last_finite=jnp.array(True),
+        total_notfinite=jnp.zeros([], jnp.int32),
+        inner_state=opt_state,
+    )
 
     def step(carry, key):
-        theta, state, skipped = carry
-        grads = grad_fn(key, theta)
-        ok = _all_finite(grads)
-        updates, new_state = optimizer.update(grads, state, theta)
-        new_theta = optax.apply_updates(theta, updates)
-        theta = jnp.where(ok, new_theta, theta)
-        state = _select(ok, new_state, state)
-        return (theta, state, skipped + (~ok).astype(jnp.int32)), None
+        theta, state = carry
+        updates, state = safe.update(grad_fn(key, theta), state, theta)
+        return (optax.apply_updates(theta, updates), state), None
 
-    (theta, opt_state, skipped), _ = jax.lax.scan(step, (theta, opt_state, jnp.int32(0)), keys)
+    (theta, wrapped), _ = jax.lax.scan(step, (theta, wrapped), keys)
+    opt_state, skipped = wrapped.inner_state, wrapped.total_notfinite.astype(jnp.int32)
     return theta, opt_state, skipped
 
 
