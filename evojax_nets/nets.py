@@ -22,6 +22,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from flax import errors as flax_errors
 from flax import nnx, traverse_util
 from flax.core import FrozenDict, unfreeze
 from jax.flatten_util import ravel_pytree
@@ -65,6 +66,7 @@ class Network:
     _member: Callable[[PyTree], Member] = field(repr=False)
     _apply: Callable[..., Any] = field(repr=False)
     _population_apply: Callable[..., Any] | None = field(default=None, repr=False)
+    training_layers: tuple[str, ...] = field(default=(), repr=False)
 
     @property
     def num_params(self) -> int:
@@ -102,6 +104,30 @@ class Network:
         """Run an already rebuilt member (see :meth:`member`) on ``inputs``."""
         return self._apply(member, *inputs)
 
+    def explain_error(self, err: BaseException) -> str | None:
+        """What a failure of the model's forward pass most likely means, and how to fix it,
+        or ``None`` when it looks like a genuine shape or model error.
+
+        Recognised: an NNX model left in training mode (BatchNorm updating its statistics,
+        Dropout drawing from its RNG stream: members cannot mutate the shared model), and a
+        linen forward pass that needs an argument such as ``train`` or a ``dropout`` RNG, or
+        that tries to update ``batch_stats``.
+
+        Example:
+          >>> rngs = nnx.Rngs(0)
+          >>> model = nnx.Sequential(nnx.Linear(3, 2, rngs=rngs), nnx.BatchNorm(2, rngs=rngs))
+          >>> net = from_nnx(model)  # BatchNorm still in training mode
+          >>> try:
+          ...     jax.eval_shape(net.apply, net.theta0, jnp.ones((4, 3)))
+          ... except Exception as err:
+          ...     print(net.explain_error(err).split(":")[0])
+          the model is in training mode
+          >>> model.eval()
+          >>> from_nnx(model).apply(net.theta0, jnp.ones((4, 3))).shape
+          (4, 2)
+        """
+        return _explain(self.kind, self.training_layers, err)
+
     def export(self, theta: Genome) -> Member:
         """The user's structure with ``theta`` written in: an NNX module, a variables dict
         or a TrainState, as concrete arrays on the host side of ``jit``."""
@@ -131,6 +157,78 @@ def _path_predicate(filter: PathFilter) -> Callable[[tuple[str, ...], Any], bool
     )
 
 
+def _nnx_training_layers(model: nnx.Module) -> tuple[str, ...]:
+    """The submodules that would change state when called: BatchNorm-style layers that use
+    batch statistics, Dropout-style layers that draw random masks."""
+    found = []
+    for path, node in nnx.iter_graph(model):
+        if not isinstance(node, nnx.Module):
+            continue
+        where = _path_str(path) or "(the model itself)"
+        if getattr(node, "use_running_average", None) is False:
+            found.append(f"{type(node).__name__} {where!r} (use_running_average=False)")
+        elif getattr(node, "deterministic", None) is False and getattr(node, "rate", 1.0) != 0:
+            found.append(f"{type(node).__name__} {where!r} (deterministic=False)")
+    return tuple(found)
+
+
+_MISSING_ARGS = re.compile(r"missing \d+ required (?:positional |keyword-only )?arguments?: (.+)")
+_INFERENCE_VALUE = {"deterministic": True, "use_running_average": True}
+
+
+def _suggested_kwargs(names: list[str]) -> str:
+    items = ", ".join(f"{n!r}: {_INFERENCE_VALUE.get(n, False)}" for n in names)
+    return "{" + items + "}"
+
+
+def _explain(kind: str, training_layers: tuple[str, ...], err: BaseException) -> str | None:
+    text = str(err)
+    if kind == "nnx":
+        # Mutating a Variable of the shared model inside a trace, or Dropout without RNGs.
+        stateful = isinstance(err, flax_errors.TraceContextError) or any(
+            word in text for word in ("trace level", "deterministic", "rngs")
+        )
+        if not (training_layers and stateful):
+            return None
+        return (
+            "the model is in training mode: "
+            + "; ".join(training_layers)
+            + ". Members are evaluated in parallel and cannot update the shared model's batch "
+            "statistics or RNG state; call model.eval() before passing the model (or build "
+            "those layers with use_running_average=True / deterministic=True)"
+        )
+    how = (
+        "from_linen(module, variables, apply_kwargs=...)"
+        if kind == "linen"
+        else "from_train_state(state, apply_kwargs=...)"
+    )
+    missing = _MISSING_ARGS.search(text)
+    if isinstance(err, TypeError) and missing:
+        names = re.findall(r"'(\w+)'", missing.group(1))
+        if names:
+            return (
+                f"the module's forward pass needs the argument(s) {', '.join(names)}, which "
+                f"the task does not pass (it calls the network on the inputs only). Give them "
+                f"once when building the network: {how.replace('...', _suggested_kwargs(names))}"
+                ", then pass that Network as the model"
+            )
+    if "needs PRNG" in text or "InvalidRngError" in type(err).__name__:
+        return (
+            "the module runs a random layer (Dropout) in training mode and asks for an RNG; "
+            "evaluate members in inference mode: pass its flag with "
+            f"{how.replace('...', _suggested_kwargs(['train']))} (or deterministic=True, "
+            "whatever the module's __call__ names it)"
+        )
+    if "is immutable" in text and "collection" in text:
+        return (
+            "the module tries to update a variable collection (BatchNorm in training mode "
+            "updates 'batch_stats'); evaluate members in inference mode: pass its flag with "
+            f"{how.replace('...', _suggested_kwargs(['train']))} (or build BatchNorm with "
+            "use_running_average=True)"
+        )
+    return None
+
+
 def _ravel(evolved: PyTree, what: str) -> tuple[jax.Array, Callable[[jax.Array], PyTree]]:
     leaves = jax.tree.leaves(evolved)
     if not leaves:
@@ -144,7 +242,15 @@ def _ravel(evolved: PyTree, what: str) -> tuple[jax.Array, Callable[[jax.Array],
                 f"only floating-point parameters can evolve; the filter selected a leaf of "
                 f"dtype {jnp.asarray(leaf).dtype} in the {what}"
             )
-    theta0, unravel = ravel_pytree(evolved)
+    theta0, raw_unravel = ravel_pytree(evolved)
+    dtype = theta0.dtype
+
+    def unravel(theta: jax.Array) -> PyTree:
+        # The genome keeps the model's dtype: a population that arrives in another one (float64
+        # from a strategy under jax_enable_x64, float32 for a bfloat16 model) is cast back
+        # here, so members compute in the dtype the user built the model in.
+        return raw_unravel(jnp.asarray(theta).astype(dtype))
+
     return theta0, unravel
 
 
@@ -187,6 +293,7 @@ def from_nnx(model: nnx.Module, filter: Any = nnx.Param) -> Network:
         _member=lambda ev: nnx.merge(graphdef, ev, rest),
         _apply=lambda m, *xs: m(*xs),
         _population_apply=population_apply,
+        training_layers=_nnx_training_layers(model),
     )
 
 
@@ -219,6 +326,7 @@ def from_linen(
     variables: Mapping[str, Any],
     filter: PathFilter = None,
     method: str | Callable | None = None,
+    apply_kwargs: Mapping[str, Any] | None = None,
 ) -> Network:
     """Evolve the ``params`` collection of a linen module.
 
@@ -229,8 +337,10 @@ def from_linen(
       filter: which params evolve (see :data:`PathFilter`); all by default. Paths are relative
         to ``params``, for example ``"Dense_1/kernel"``.
       method: passed to ``module.apply`` (for example ``"encode"``).
+      apply_kwargs: keyword arguments for every forward pass, for example
+        ``{"train": False}`` for a module whose ``__call__(x, train)`` needs the flag.
 
-    Members are full variables dicts: ``module.apply(member, x)``.
+    Members are full variables dicts: ``module.apply(member, x, **apply_kwargs)``.
 
     Example:
       >>> import flax.linen as nn
@@ -253,10 +363,12 @@ def from_linen(
     others = {k: v for k, v in variables.items() if k != "params"}
     unravel, theta0, names, rebuild = _split_params(variables["params"], filter, "linen params")
 
+    kwargs = _check_apply_kwargs(apply_kwargs)
+    if method is not None:
+        kwargs["method"] = method
+
     def apply(member: Mapping[str, Any], *xs: Any) -> Any:
-        if method is None:
-            return module.apply(member, *xs)
-        return module.apply(member, *xs, method=method)
+        return module.apply(member, *xs, **kwargs)
 
     return Network(
         kind="linen",
@@ -268,8 +380,22 @@ def from_linen(
     )
 
 
+def _check_apply_kwargs(apply_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
+    if apply_kwargs is None:
+        return {}
+    if not isinstance(apply_kwargs, Mapping) or not all(isinstance(k, str) for k in apply_kwargs):
+        raise TypeError(
+            "apply_kwargs must be a dict of keyword arguments for the forward pass, for "
+            f"example {{'train': False}}; got {apply_kwargs!r}"
+        )
+    return dict(apply_kwargs)
+
+
 def from_train_state(
-    state: Any, filter: PathFilter = None, extra_variables: Mapping[str, Any] | None = None
+    state: Any,
+    filter: PathFilter = None,
+    extra_variables: Mapping[str, Any] | None = None,
+    apply_kwargs: Mapping[str, Any] | None = None,
 ) -> Network:
     """Evolve the params of a ``flax.training.train_state.TrainState``.
 
@@ -282,6 +408,8 @@ def from_train_state(
       filter: which params evolve (see :data:`PathFilter`).
       extra_variables: other collections the ``apply_fn`` needs, for example
         ``{"batch_stats": state.batch_stats}``.
+      apply_kwargs: keyword arguments for every forward pass, for example
+        ``{"train": False}``: ``state.apply_fn(variables, x, **apply_kwargs)``.
 
     Example:
       >>> import flax.linen as nn
@@ -302,6 +430,7 @@ def from_train_state(
             f"{type(state).__name__}"
         )
     extra = dict(extra_variables or {})
+    kwargs = _check_apply_kwargs(apply_kwargs)
     unravel, theta0, names, rebuild = _split_params(state.params, filter, "TrainState params")
 
     return Network(
@@ -310,7 +439,7 @@ def from_train_state(
         paths=names,
         _unravel=unravel,
         _member=lambda ev: state.replace(params=rebuild(ev)),
-        _apply=lambda s, *xs: s.apply_fn({"params": s.params, **extra}, *xs),
+        _apply=lambda s, *xs: s.apply_fn({"params": s.params, **extra}, *xs, **kwargs),
     )
 
 

@@ -20,6 +20,31 @@ from evojax_nets.tasks.base import BoundTask
 from evojax_nets.tasks.datasets import Dataset
 
 
+def _check_finite(name: str, array: Any) -> None:
+    """Refuse NaN and infinite entries: one of them makes every member's loss NaN, and the run
+    would end with a meaningless solution and no error."""
+    if array is None:
+        return
+    values = np.asarray(array)
+    if not np.issubdtype(values.dtype, np.inexact):
+        return  # integers and booleans are always finite
+    bad = ~np.isfinite(values)
+    num_bad = int(bad.sum())
+    if num_bad:
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        first = first[0] if len(first) == 1 else first
+        kinds = []
+        if np.isnan(values).any():
+            kinds.append(f"{int(np.isnan(values).sum()):,} NaN")
+        if np.isinf(values).any():
+            kinds.append(f"{int(np.isinf(values).sum()):,} inf")
+        raise ValueError(
+            f"{name} holds {num_bad:,} non-finite entries ({', '.join(kinds)}) of "
+            f"{values.size:,}, the first at index {first}; remove or impute them (for example "
+            f"np.nan_to_num, or drop those examples) before building the task"
+        )
+
+
 @dataclass(frozen=True, eq=False)
 class Supervised:
     """A supervised task.
@@ -43,6 +68,8 @@ class Supervised:
         forward measured 0.52x on an H200 (``benchmarks/levers.py``). Networks without a
         population forward always use ``vmap``.
 
+    Data holding NaN or infinite values is refused here, with the array named.
+
     Example:
       >>> from evojax_nets.tasks import Supervised, load_digits
       >>> task = Supervised.from_dataset(load_digits(), batch_size=256)
@@ -58,6 +85,10 @@ class Supervised:
     compute_dtype: Any = None
     population_forward: bool | None = None
     maximize: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        for name in ("x_train", "y_train", "x_test", "y_test"):
+            _check_finite(name, getattr(self, name))
 
     @classmethod
     def from_dataset(cls, dataset: Dataset, batch_size: int | None = 256) -> Supervised:
@@ -104,8 +135,14 @@ class Supervised:
         example = jax.ShapeDtypeStruct((2, *np.shape(self.x_train)[1:]), jnp.float32)
         try:
             out = jax.eval_shape(network.apply, network.theta0, example)
-        except Exception as err:  # the user's model rejected the shape
+        except Exception as err:  # the user's model rejected the shape, or its mode
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            why = network.explain_error(err)
+            if why is not None:
+                raise ValueError(
+                    f"the network ({network.kind}, {network.num_params:,} parameters) cannot "
+                    f"be evaluated on x_train: {why}. (The model said: {first})"
+                ) from None
             raise ValueError(
                 f"x_train examples of shape {tuple(np.shape(self.x_train)[1:])} do not fit the "
                 f"network ({network.kind}, {network.num_params:,} parameters): {first}"
@@ -201,7 +238,7 @@ class Supervised:
             out = network.apply(theta, x_te)
             if classify:
                 return {
-                    "accuracy": jnp.mean(jnp.argmax(out, -1) == y_te),
+                    "accuracy": jnp.mean(jnp.argmax(out, -1) == y_te, dtype=jnp.float32),
                     "loss": optax.softmax_cross_entropy_with_integer_labels(out, y_te).mean(),
                 }
             return {"mse": jnp.mean((out.reshape(y_te.shape) - y_te) ** 2)}
