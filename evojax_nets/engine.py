@@ -33,7 +33,7 @@ from evojax_nets.generation import (
 from evojax_nets.nets import Network, as_network
 from evojax_nets.ops import PopulationOp, chain
 from evojax_nets.program import canonicalize, check_key, sanitize_fitness
-from evojax_nets.runner import Callback, History, Runner
+from evojax_nets.runner import Callback, History, Runner, _memory_of, check_fits
 from evojax_nets.sharding import population_mesh
 from evojax_nets.strategies import Strategy, check_memory, make_strategy
 from evojax_nets.sweep import SweepResult, run_sweep
@@ -205,6 +205,7 @@ class Evolution:
             memory_hints=self._memory_hints,
         )
         self._feed: Any = None
+        self._init_compiled: dict[Any, Any] = {}
         self._step = jax.jit(self.program.step)
         self._init = jax.jit(self.program.init)
         self._test = jax.jit(self.evolution.test_metrics)
@@ -291,7 +292,20 @@ class Evolution:
     def init(self, key: jax.Array, params: EvolutionParams | None = None) -> EvolutionState:
         """The initial state; population-based strategies evaluate their first population."""
         check_key(key)
-        return self._init(key, self.params if params is None else params)
+        params = self.params if params is None else params
+        kind = (str(key.dtype), key.shape)
+        if kind not in self._init_compiled:
+            # Population-based strategies evaluate a whole first population here: guard its
+            # memory as the runner guards a chunk's, before anything runs.
+            compiled = self._init.lower(key, params).compile()
+            check_fits(
+                _memory_of(compiled)["total"],
+                self.max_memory_bytes,
+                "the initial state (population evaluated at init)",
+                self._memory_hints(),
+            )
+            self._init_compiled[kind] = compiled
+        return self._init_compiled[kind](key, params)
 
     def step(
         self, state: EvolutionState, params: EvolutionParams | None = None, inputs: Any = None
