@@ -98,11 +98,6 @@ def gaussian_population_init(theta0: Genome, std: float | jax.Array) -> Populati
     return init
 
 
-def _should_unroll(draw_elements: int) -> bool:
-    should = getattr(prng, "should_unroll", None)
-    return True if should is None else bool(should(draw_elements))
-
-
 def keep_types(new: Any, old: Any) -> Any:
     """``new`` with the dtypes of ``old`` (a step must hand back the types it received, or a
     scanned loop breaks; under ``jax_enable_x64`` strategies otherwise drift to float64)."""
@@ -274,7 +269,7 @@ class EvolutionProgram:
         sp = params.strategy
         # On CPU with a large draw, every threefry key draws its bits through straight-line
         # code that XLA fuses with the draw (see evojax_nets.prng): the same bits, faster.
-        unroll = _should_unroll(self.population_size * self.network.num_params)
+        unroll = prng.should_unroll(self.population_size * self.network.num_params)
         old = state
         if unroll:
             state = prng.unrolled_keys(state)
