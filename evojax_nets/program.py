@@ -111,7 +111,14 @@ def canonicalize(tree: Any) -> Any:
         if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
             return x
         x = jnp.asarray(x)
-        return jax.lax.convert_element_type(x, jnp.result_type(x)) if x.weak_type else x
+        if not x.weak_type:
+            return x
+        # A weak Python float becomes float32 even under jax_enable_x64, where result_type
+        # would say float64 and the state would no longer match float32 models. (Integers
+        # keep result_type: evosax compares counters with Python ints, weak int64 under x64.)
+        if jnp.issubdtype(x.dtype, jnp.floating):
+            return x.astype(jnp.float32)
+        return jax.lax.convert_element_type(x, jnp.result_type(x))
 
     return jax.tree.map(fix, tree)
 

@@ -155,7 +155,7 @@ class LowMemoryOpenES:
         """Update the mean from the (minimised, finite) fitness of ``population``."""
         half = self.population_size // 2
         shaped = centered_rank_fitness_shaping_fn(None, fitness, state, None)
-        weights = shaped[:half] - shaped[half:]
+        weights = (shaped[:half] - shaped[half:]).astype(state.mean.dtype)
 
         def accumulate(grad: jax.Array, chunk: tuple[jax.Array, jax.Array]):
             pairs, w = chunk

@@ -381,7 +381,9 @@ def make_strategy(
             kwargs["std_schedule"] = optax.constant_schedule(std)
             std_in_state = True
         if "optimizer" in sig and name in _GRADIENT_STYLE and "optimizer" not in strategy_kwargs:
-            kwargs["optimizer"] = optax.inject_hyperparams(optax.adam)(learning_rate=learning_rate)
+            # Hyperparameters in float32 whatever the genome's dtype (b2 = 0.999 is 1.0 in bf16).
+            adam = optax.inject_hyperparams(optax.adam, hyperparam_dtype=jnp.float32)
+            kwargs["optimizer"] = adam(learning_rate=learning_rate)
             lr_in_state = True
         if "sampling_fn" in sig:  # RandomSearch: isotropic Gaussian around the origin
             kwargs["sampling_fn"] = lambda key: std * jax.random.normal(key, (num_dims,))
