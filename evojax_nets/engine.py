@@ -314,8 +314,16 @@ class Evolution:
         return self._step(state, self.params if params is None else params, inputs)
 
     def compile(self, state: EvolutionState, chunk_size: int) -> tuple[Any, float]:
-        """Compile (once per chunk size) the scanned chunk; returns it and the seconds spent."""
-        return self.runner.compile(state, self.params, chunk_size)
+        """Compile (once per chunk size) the scanned chunk; returns it and the seconds spent.
+
+        The chunk is ``chunk(state, num_active, params=None) -> (state, metrics)``: it runs
+        ``num_active <= chunk_size`` generations with ``params`` (default ``self.params``)."""
+        compiled, seconds = self.runner.compile(state, self.params, chunk_size)
+
+        def chunk(s: EvolutionState, num_active: Any, params: Any = None) -> Any:
+            return compiled(s, self.params if params is None else params, num_active, None)
+
+        return chunk, seconds
 
     def memory_estimate(self, chunk_size: int = 1) -> dict[str, int]:
         """Bytes a compiled chunk needs (XLA's memory analysis), from shapes alone: nothing
