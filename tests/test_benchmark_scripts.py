@@ -41,3 +41,22 @@ def test_hybrid_minima_sine_task_runs_and_scores_r2(tmp_path: Path) -> None:
         score = minima["runs"][0]["contenders"][name]["final_accuracy"]  # test R^2
         assert -10.0 < score <= 1.0
         assert minima["summary"][name]["success_rate"] in (0.0, 1.0)
+
+
+def test_sweep_quick_is_one_program_and_matches_sequential(tmp_path: Path) -> None:
+    # The digits workload only: CartPole's rollouts take about 30 s more to compile here.
+    out = tmp_path / "sweep.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "sweep.py"), "--quick"]
+    cmd += ["--workloads", "digits", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert json.loads(proc.stdout[proc.stdout.index("{\n") :]) == report
+    row = report["workloads"]["digits"]
+    assert len(row["configs"]) == 2 == row["num_configs"]
+    assert row["compile_count"] == 1 and row["compile_count_timed_sweep_runner"] == 1
+    assert row["compile_count_sequential_runner"] == 1
+    assert row["max_abs_diff_vs_sequential_gen1"] <= 1e-5
+    assert row["api_sweep_configs_match"] and row["api_sweep_max_abs_diff_vs_timed_sweep"] == 0.0
+    assert len(row["final_fitness_sweep"]) == len(row["final_fitness_sequential"]) == 2
+    assert row["sweep_s"] > 0 and row["sequential_s"] > 0 and row["ratio"] > 0
