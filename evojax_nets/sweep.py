@@ -65,7 +65,8 @@ class SweepResult:
       states: the final states, stacked on a leading configuration axis.
       params: the params of every configuration, stacked.
       histories: one :class:`~evojax_nets.runner.History` per configuration.
-      compile_count: chunk executables compiled for the sweep (1 for a plain sweep).
+      compile_count: chunk executables this sweep compiled (1 for a first sweep; 0 for a
+        later one of the same shapes on the same owner).
       owner: the object that ran it (for example the :class:`~evojax_nets.engine.Evolution`).
     """
 
@@ -103,9 +104,17 @@ def run_sweep(
     per_config = [owner.params_with(**{k: v for k, v in c.items() if k != "seed"}) for c in configs]
     params = stack_trees(per_config)
     keys = jnp.stack([jax.random.key(c["seed"]) for c in configs])
-    program = owner.program.batched()
-    states = jax.jit(program.init)(keys, params)
-    runner = Runner(program, owner=owner, max_memory_bytes=owner.max_memory_bytes)
+    # One batched program, jitted init and runner per owner: a second sweep (other values,
+    # same number of configurations) reuses the compiled chunk.
+    cached = getattr(owner, "_sweep_cache", None)
+    if cached is None:
+        program = owner.program.batched()
+        runner = Runner(program, owner=owner, max_memory_bytes=owner.max_memory_bytes)
+        cached = (jax.jit(program.init), runner)
+        owner._sweep_cache = cached
+    init, runner = cached
+    compiles_before = runner.compile_count
+    states = init(keys, params)
     states, history = runner.run(
         states, params, num_steps, chunk_size=chunk_size, callbacks=callbacks
     )
@@ -114,6 +123,6 @@ def run_sweep(
         states=states,
         params=params,
         histories=history.split(len(configs)),
-        compile_count=runner.compile_count,
+        compile_count=runner.compile_count - compiles_before,
         owner=owner,
     )
