@@ -13,6 +13,7 @@ from evojax_nets import Evolution
 from evojax_nets.models import MLP
 from evojax_nets.prng import standard_keys, unrolled_keys
 from evojax_nets.strategies import Open_ES, make_strategy
+from evojax_nets.strategies.fixes import cond_unbatched
 from evojax_nets.tasks import Supervised, load_digits
 
 DRAWS = {
@@ -62,6 +63,70 @@ def test_open_es_population_is_evosax_bit_for_bit():
     expected, _ = jax.jit(lambda k, s: theirs.ask(k, s, theirs.default_params))(key, state)
     got, _ = jax.jit(lambda k, s: ours.ask(k, s, ours.default_params))(unrolled_keys(key), state)
     np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+
+
+def test_open_es_ask_under_vmap_stays_one_conditional_and_matches_each_config():
+    # A sweep vmaps ask over configurations: the draw's lax.cond must stay a conditional
+    # (a batched predicate would make it a select of both branches, and XLA would draw the
+    # noise once per half of the population again), and each configuration's population
+    # must be evosax's for that configuration alone, bit for bit.
+    ours = make_strategy("open_es", 16, 37).algorithm
+    theirs = evosax.algorithms.Open_ES(
+        population_size=16,
+        solution=jnp.zeros(37),
+        optimizer=optax.adam(0.02),
+        std_schedule=optax.constant_schedule(0.05),
+    )
+    states = [
+        theirs.init(
+            jax.random.key(c), jnp.linspace(-1, 1, 37) * (c + 1), theirs.default_params
+        ).replace(std=jnp.float32(0.05 * (c + 1)), generation_counter=jnp.int32(3 * c))
+        for c in range(2)
+    ]
+    keys = [jax.random.key(10), jax.random.key(11)]
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+    stacked_keys = jnp.stack(keys)
+
+    def ask(key, state):
+        return ours.ask(key, state, ours.default_params)[0]
+
+    batched = jax.vmap(ask)
+    jaxpr = jax.make_jaxpr(batched)(stacked_keys, stacked)
+    assert "cond[" in str(jaxpr)
+    top = {eqn.primitive.name for eqn in jaxpr.jaxpr.eqns}
+    assert "select_n" not in top  # the population is not a select of two branches
+    hlo = jax.jit(batched).lower(stacked_keys, stacked).compile().as_text()
+    assert "conditional(" in hlo
+    for draw_keys in (stacked_keys, unrolled_keys(stacked_keys)):
+        got = jax.jit(batched)(draw_keys, stacked)
+        for c in range(2):
+            expected, _ = jax.jit(lambda k, s: theirs.ask(k, s, theirs.default_params))(
+                keys[c], states[c]
+            )
+            np.testing.assert_array_equal(np.asarray(got[c]), np.asarray(expected))
+    # vmap of vmap (a sweep of PBT over ES runs) keeps the conditional too
+    nested = jax.vmap(batched)
+    twice = jax.tree.map(lambda x: jnp.stack([x, x]), (stacked_keys, stacked))
+    assert "conditional(" in jax.jit(nested).lower(*twice).compile().as_text()
+    np.testing.assert_array_equal(np.asarray(jax.jit(nested)(*twice)[1]), np.asarray(got))
+
+
+def test_cond_unbatched_matches_vmap_of_cond_when_some_predicates_are_false():
+    def one(key, n):
+        draw = lambda k: jax.random.normal(k, (3,))
+        return cond_unbatched(n >= 0, draw, lambda k: jnp.zeros(3), key)
+
+    def plain(key, n):
+        draw = lambda k: jax.random.normal(k, (3,))
+        return jax.lax.cond(n >= 0, draw, lambda k: jnp.zeros(3), key)
+
+    keys = jax.random.split(jax.random.key(0), 4).reshape(2, 2)
+    counts = jnp.array([[0, -1], [2, 3]])
+    got = jax.jit(jax.vmap(jax.vmap(one)))(keys, counts)
+    np.testing.assert_array_equal(got, jax.vmap(jax.vmap(plain))(keys, counts))
+    shared = jax.vmap(one, in_axes=(None, 0))(jax.random.key(1), jnp.array([1, -2]))
+    np.testing.assert_array_equal(shared[0], jax.random.normal(jax.random.key(1), (3,)))
+    np.testing.assert_array_equal(shared[1], jnp.zeros(3))
 
 
 def test_open_es_tell_matches_evosax():
