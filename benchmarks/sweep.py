@@ -33,11 +33,10 @@ Usage::
     python benchmarks/sweep.py --out benchmarks/results/sweep-2026-12-01.json
     python benchmarks/sweep.py --quick                    # tiny versions, for the test suite
     python benchmarks/sweep.py --workloads digits --repeats 5
-    python benchmarks/sweep.py --diagnose-ask    # one digits generation, library vs proposed ask
+    python benchmarks/sweep.py --one-generation --workloads digits   # one generation only
 
-``--diagnose-ask`` times one digits generation (8 configurations one after another against the
-sweep) with the library's ``Open_ES._ask`` and with a variant whose ``lax.cond`` keeps one
-unbatched predicate under ``vmap`` (patched into this process only; see
+``--one-generation`` times one generation of each workload (the configurations one after
+another against the sweep, best of at least 5), for finding where a sweep's time goes (see
 ``benchmarks/RESULTS.md``, "Sweeps in one program").
 """
 
@@ -372,37 +371,11 @@ def run_workload(name: str, spec: dict[str, Any], repeats: int) -> dict[str, Any
     return out
 
 
-# -- --diagnose-ask: why the digits sweep is not faster ----------------------------------------
+# -- --one-generation: where a sweep's generation spends its time ---------------------------
 
 
-def _unbatched_cond_ask(self: Any, key: jax.Array, state: Any, params: Any) -> tuple[Any, Any]:
-    """``evojax_nets.strategies.fixes.Open_ES._ask`` with the one change proposed for the
-    library: the ``lax.cond`` that makes the antithetic noise one buffer keeps an unbatched
-    predicate under ``vmap`` (a ``custom_vmap`` rule reduces the configurations' predicates
-    to one), so a sweep draws the noise once instead of once per half of the population.
-    The population is bit for bit the same."""
-    shape = (self.population_size // 2, self.num_dims)
-
-    def one(k: jax.Array) -> jax.Array:
-        return jax.random.normal(k, shape)
-
-    @jax.custom_batching.custom_vmap
-    def draw(k: jax.Array, counter: jax.Array) -> jax.Array:
-        return jax.lax.cond(counter >= 0, one, lambda k: jnp.zeros(shape), k)
-
-    @draw.def_vmap
-    def _(axis_size: int, in_batched: list[bool], k: jax.Array, counter: jax.Array):
-        k = k if in_batched[0] else jnp.broadcast_to(k, (axis_size,))
-        zeros = jnp.zeros((axis_size, *shape))
-        z = jax.lax.cond(jnp.all(counter >= 0), jax.vmap(one), lambda k: zeros, k)
-        return z, True
-
-    step = state.std * draw(key, state.generation_counter)
-    return jnp.concatenate([state.mean + step, state.mean - step]), state
-
-
-def _one_generation(spec: dict[str, Any], repeats: int) -> dict[str, Any]:
-    evo, _ = build("digits", spec)
+def _one_generation(name: str, spec: dict[str, Any], repeats: int) -> dict[str, Any]:
+    evo, _ = build(name, spec)
     configs = grid(spec["seeds"], spec["settings"])
     per_config = [evo.params_with(**{k: v for k, v in c.items() if k != "seed"}) for c in configs]
     keys = [jax.random.key(c["seed"]) for c in configs]
@@ -436,21 +409,12 @@ def _one_generation(spec: dict[str, Any], repeats: int) -> dict[str, Any]:
     }
 
 
-def diagnose_ask(repeats: int) -> dict[str, Any]:
-    """CPU and wall time of ONE digits generation (best of ``repeats``): 8 configurations one
-    after another against the sweep, with the library's ``Open_ES._ask`` and with the
-    proposed one (patched into this process only)."""
-    from evojax_nets.strategies import fixes
-
-    spec = WORKLOADS["digits"]["full"]
-    original = fixes.Open_ES._ask
-    out: dict[str, Any] = {"workload": "digits, one generation", "load_start": load()}
-    for variant, ask in (("library", original), ("unbatched_cond", _unbatched_cond_ask)):
-        fixes.Open_ES._ask = ask
-        try:
-            out[variant] = _one_generation(spec, repeats)
-        finally:
-            fixes.Open_ES._ask = original
+def one_generation(names: list[str], repeats: int) -> dict[str, Any]:
+    """CPU and wall time of ONE generation of each workload (best of ``repeats``): the
+    configurations one after another against the sweep, with the library as it is."""
+    out: dict[str, Any] = {"load_start": load()}
+    for name in names:
+        out[name] = _one_generation(name, WORKLOADS[name]["full"], repeats)
     out["load_end"] = load()
     return out
 
@@ -478,9 +442,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny versions, for the tests")
     parser.add_argument("--out", default=None)
     parser.add_argument(
-        "--diagnose-ask",
+        "--one-generation",
         action="store_true",
-        help="only time one digits generation with the library's and the proposed Open_ES ask",
+        help="only time one generation of each workload, configurations alone against the sweep",
     )
     args = parser.parse_args()
     names = [n.strip() for n in args.workloads.split(",") if n.strip()]
@@ -514,9 +478,9 @@ def main() -> None:
         except PackageNotFoundError:  # pragma: no cover - informative only
             report["versions"][package] = None
     t0 = time.perf_counter()
-    if args.diagnose_ask:
+    if args.one_generation:
+        report["one_generation"] = one_generation(names, max(repeats, 5))
         names = []
-        report["diagnose_ask"] = diagnose_ask(max(repeats, 5))
     for name in names:
         spec = WORKLOADS[name]["quick" if args.quick else "full"]
         result = run_workload(name, spec, repeats)
