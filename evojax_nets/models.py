@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+Activation = Callable[[jax.Array], jax.Array]
+
 
 class MLP(nnx.Module):
     """A multilayer perceptron: ``Linear -> act`` for each hidden width, then a linear head.
+
+    The one MLP of the library: :class:`~evojax_nets.policies.MLPPolicy` (flattened
+    observations) and :class:`~evojax_nets.search.ArchMLP` (an activation per layer) are this
+    module with another input view or activations, so they share its population forward.
+
+    Args:
+      in_features: the input width.
+      hidden: the hidden widths.
+      out_features: the output width.
+      rngs: NNX random streams for the initialisation.
+      activation: the hidden nonlinearity, or one per hidden layer.
 
     Example:
       >>> from flax import nnx
@@ -27,16 +40,31 @@ class MLP(nnx.Module):
         out_features: int,
         *,
         rngs: nnx.Rngs,
-        activation=jax.nn.tanh,
+        activation: Activation | Sequence[Activation] = jax.nn.tanh,
     ):
+        hidden = tuple(hidden)
+        if callable(activation):
+            activations = (activation,) * len(hidden)
+        else:
+            activations = tuple(activation)
+            if len(activations) != len(hidden):
+                raise ValueError(
+                    f"activation must be one callable or one per hidden layer: {len(hidden)} "
+                    f"hidden widths, {len(activations)} activations"
+                )
         sizes = [in_features, *hidden]
         self.hidden = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in itertools.pairwise(sizes)])
         self.head = nnx.Linear(sizes[-1], out_features, rngs=rngs)
-        self.activation = activation
+        self.layer_activations = activations
+
+    def features(self, x: jax.Array) -> jax.Array:
+        """The view of an input the first layer reads (identity here; subclasses flatten)."""
+        return x
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        for layer in self.hidden:
-            x = self.activation(layer(x))
+        x = self.features(x)
+        for layer, act in zip(self.hidden, self.layer_activations, strict=True):
+            x = act(layer(x))
         return self.head(x)
 
     def population_apply(
@@ -61,6 +89,7 @@ class MLP(nnx.Module):
         if groups is None:
             groups = max(1, min(8, num // 32))
         bounds = [round(i * num / groups) for i in range(groups + 1)]
+        x = self.features(x)
         outs = [
             self._population_forward(jax.tree.map(lambda a, lo=lo, hi=hi: a[lo:hi], p), x)
             for lo, hi in itertools.pairwise(bounds)
@@ -73,8 +102,8 @@ class MLP(nnx.Module):
         num, width, _ = kernel.shape
         h = (kernel.reshape(num * width, -1) @ x.T).reshape(num, width, -1)
         h = h + layers[0]["bias"][:, :, None]
-        for layer in layers[1:]:
+        for layer, act in zip(layers[1:], self.layer_activations, strict=True):
             kernel = jnp.swapaxes(layer["kernel"], 1, 2)
-            h = jnp.einsum("poi,pib->pob", kernel, self.activation(h))
+            h = jnp.einsum("poi,pib->pob", kernel, act(h))
             h = h + layer["bias"][:, :, None]
         return jnp.swapaxes(h, 1, 2)

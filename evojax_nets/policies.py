@@ -17,12 +17,13 @@ scaled down (fewer channels, smaller dense layer) for evolution strategies.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from evojax_nets.models import MLP
 
 
 def _flatten_obs(x: jax.Array, obs_ndim: int) -> jax.Array:
@@ -30,8 +31,9 @@ def _flatten_obs(x: jax.Array, obs_ndim: int) -> jax.Array:
     return x.reshape((*x.shape[: x.ndim - obs_ndim], -1))
 
 
-class MLPPolicy(nnx.Module):
-    """A multilayer perceptron on the flattened observation.
+class MLPPolicy(MLP):
+    """A multilayer perceptron on the flattened observation (:class:`~evojax_nets.models.MLP`
+    with the observation axes flattened first).
 
     Args:
       obs_shape: the shape of one observation (for example ``(4,)`` or ``(10, 10, 4)``).
@@ -57,16 +59,11 @@ class MLPPolicy(nnx.Module):
         rngs: nnx.Rngs,
     ):
         self.obs_ndim = len(tuple(obs_shape))
-        sizes = [int(jnp.prod(jnp.asarray(obs_shape))), *hidden]
-        self.hidden = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in itertools.pairwise(sizes)])
-        self.head = nnx.Linear(sizes[-1], num_outputs, rngs=rngs)
-        self.activation = activation
+        in_features = int(jnp.prod(jnp.asarray(obs_shape)))
+        super().__init__(in_features, hidden, num_outputs, rngs=rngs, activation=activation)
 
-    def __call__(self, obs: jax.Array) -> jax.Array:
-        x = _flatten_obs(obs, self.obs_ndim)
-        for layer in self.hidden:
-            x = self.activation(layer(x))
-        return self.head(x)
+    def features(self, x: jax.Array) -> jax.Array:
+        return _flatten_obs(x, self.obs_ndim)
 
 
 class PatchConv(nnx.Module):

@@ -31,6 +31,7 @@ import numpy as np
 import optax
 
 from evojax_nets.engine import Callback, Evolution, EvolutionState, History
+from evojax_nets.losses import get_loss
 from evojax_nets.nets import Network, as_network
 from evojax_nets.tasks.base import BoundTask
 
@@ -45,16 +46,6 @@ __all__ = [
     "init_scale_network",
     "sample_sinusoid",
 ]
-
-
-def _loss_fn(loss: str | Callable) -> Callable[[jax.Array, jax.Array], jax.Array]:
-    if callable(loss):
-        return loss
-    if loss == "mse":
-        return lambda pred, y: jnp.mean((pred.reshape(y.shape) - y) ** 2)
-    if loss == "cross_entropy":
-        return lambda logits, y: optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-    raise ValueError(f"loss must be 'mse', 'cross_entropy' or a callable(pred, y), got {loss!r}")
 
 
 def adapt(
@@ -80,7 +71,7 @@ def adapt(
       >>> th.shape
       (2,)
     """
-    loss_fn = _loss_fn(loss)
+    loss_fn = get_loss(loss)
 
     def objective(th: jax.Array) -> jax.Array:
         return loss_fn(network.apply(th, x), y)
@@ -155,7 +146,7 @@ class StartingPointTask:
             raise ValueError(f"num_steps must be a non-negative int, got {self.num_steps!r}")
         if not isinstance(self.num_instances, int) or self.num_instances < 1:
             raise ValueError(f"num_instances must be a positive int, got {self.num_instances!r}")
-        _loss_fn(self.loss)
+        get_loss(self.loss)
 
     def held_out_keys(self) -> jax.Array:
         """The keys of the held-out test instances."""
@@ -167,11 +158,11 @@ class StartingPointTask:
         """Validation loss after ``K`` steps from ``theta`` on the instance drawn from ``key``."""
         x, y, xv, yv = self.sample_instance(key)
         adapted = adapt(network, theta, x, y, self.optimizer, self.num_steps, self.loss)
-        return _loss_fn(self.loss)(network.apply(adapted, xv), yv)
+        return get_loss(self.loss)(network.apply(adapted, xv), yv)
 
     def bind(self, network: Network) -> BoundTask:
         test_keys = self.held_out_keys()
-        loss_fn = _loss_fn(self.loss)
+        loss_fn = get_loss(self.loss)
 
         def fitness(key: jax.Array, theta: jax.Array) -> jax.Array:
             keys = jax.random.split(key, self.num_instances)

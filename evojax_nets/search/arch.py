@@ -43,12 +43,14 @@ import numpy as np
 import optax
 from flax import nnx
 
+from evojax_nets.losses import accuracy as label_accuracy
+from evojax_nets.losses import cross_entropy, sample_batches
 from evojax_nets.runner import device_memory_bytes
 from evojax_nets.search.arch_modules import Genes, _check_int
 from evojax_nets.search.arch_spaces import ArchSpace, CNNSpace, MLPSpace
 from evojax_nets.search.history import PBTCallback, PBTHistory, PBTResult, PBTState
 from evojax_nets.search.pbt import PBT
-from evojax_nets.search.spaces import Space, inject_hparams, sample_batches
+from evojax_nets.search.spaces import Space, inject_hparams
 
 # -- memory ---------------------------------------------------------------------------------
 
@@ -238,8 +240,7 @@ class ArchSearch:
         tx = self.tx
 
         def loss(params: Any, genes: Genes, x: jax.Array, y: jax.Array) -> jax.Array:
-            logits = space.apply(params, genes, x)
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+            return cross_entropy(space.apply(params, genes, x), y)
 
         def train_step(state: dict, batch: tuple, hp: dict) -> dict:
             grads = jax.grad(loss)(state["params"], hp, *batch)
@@ -247,7 +248,7 @@ class ArchSearch:
             return {"params": optax.apply_updates(state["params"], updates), "opt_state": opt_state}
 
         def accuracy(params: Any, genes: Genes, x: jax.Array, y: jax.Array) -> jax.Array:
-            return jnp.mean(jnp.argmax(space.apply(params, genes, x), -1) == y)
+            return label_accuracy(space.apply(params, genes, x), y)
 
         def eval_fn(state: dict, hp: dict) -> jax.Array:
             if score == "loss":

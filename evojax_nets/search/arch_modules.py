@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from evojax_nets.models import MLP
+
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": jax.nn.relu,
     "tanh": jnp.tanh,
@@ -83,9 +85,9 @@ def _concrete_genes(genes: Genes) -> dict[str, int]:
 # -- exported (unmasked) modules ------------------------------------------------------------
 
 
-class ArchMLP(nnx.Module):
+class ArchMLP(MLP):
     """An MLP with its own width and activation per hidden layer (what :meth:`MLPSpace.export`
-    returns).
+    returns): :class:`~evojax_nets.models.MLP` with activations given by name.
 
     Example:
       >>> m = ArchMLP(64, [32, 16], ["relu", "tanh"], 10, rngs=nnx.Rngs(0))
@@ -108,15 +110,9 @@ class ArchMLP(nnx.Module):
                 f"{len(activations)} activations"
             )
         _check_activations(activations, distinct=False)
-        sizes = [in_features, *widths]
-        self.hidden = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in itertools.pairwise(sizes)])
         self.activations = tuple(activations)
-        self.head = nnx.Linear(sizes[-1], out_features, rngs=rngs)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        for layer, name in zip(self.hidden, self.activations, strict=True):
-            x = ACTIVATIONS[name](layer(x))
-        return self.head(x)
+        acts = [ACTIVATIONS[name] for name in activations]
+        super().__init__(in_features, widths, out_features, rngs=rngs, activation=acts)
 
 
 class ArchCNN(nnx.Module):

@@ -5,13 +5,15 @@ the helpers a population's training step uses: :func:`sample_hparams`, :func:`in
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from evojax_nets.losses import sample_batches as sample_batches
 
 State = Any
 """One member's training state, in the user's structure (TrainState, NNX state, any pytree)."""
@@ -259,30 +261,3 @@ def inject_hparams(tree: Any, hparams: Mapping[str, jax.Array]) -> Any:
         return leaf
 
     return jax.tree_util.tree_map_with_path(fix, tree)
-
-
-def sample_batches(*arrays: Any, batch_size: int) -> Callable[[jax.Array], tuple[jax.Array, ...]]:
-    """A ``batch_fn(key) -> batch``: ``batch_size`` rows drawn with replacement, the same rows
-    from each array (for example inputs and labels).
-
-    Example:
-      >>> fn = sample_batches(jnp.ones((10, 3)), jnp.zeros(10, jnp.int32), batch_size=4)
-      >>> [a.shape for a in fn(jax.random.key(0))]
-      [(4, 3), (4,)]
-    """
-    if not arrays:
-        raise ValueError("sample_batches needs at least one array")
-    arrays = tuple(jnp.asarray(a) for a in arrays)
-    n = arrays[0].shape[0]
-    if any(a.shape[0] != n for a in arrays):
-        raise ValueError(
-            f"arrays must have the same number of rows; got {[a.shape[0] for a in arrays]}"
-        )
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-
-    def batch_fn(key: jax.Array) -> tuple[jax.Array, ...]:
-        idx = jax.random.randint(key, (batch_size,), 0, n)
-        return tuple(a[idx] for a in arrays)
-
-    return batch_fn

@@ -13,8 +13,8 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
+from evojax_nets.losses import accuracy, cross_entropy, mse, sample_batches
 from evojax_nets.nets import Network
 from evojax_nets.tasks.base import BoundTask
 from evojax_nets.tasks.datasets import Dataset
@@ -200,16 +200,12 @@ class Supervised:
         y_tr = jnp.asarray(self.y_train)
         x_te = x_tr if self.x_test is None else jnp.asarray(self.x_test, jnp.float32)
         y_te = y_tr if self.y_test is None else jnp.asarray(self.y_test)
-        n = x_tr.shape[0]
         batch = self.batch_size
         classify = self.kind == "classification"
         if not classify:
             y_tr, y_te = y_tr.astype(jnp.float32), y_te.astype(jnp.float32)
 
-        def loss_of(out: jax.Array, y: jax.Array) -> jax.Array:
-            if classify:
-                return optax.softmax_cross_entropy_with_integer_labels(out, y).mean()
-            return jnp.mean((out.reshape(y.shape) - y) ** 2)
+        loss_of = cross_entropy if classify else mse
 
         def cast(*arrays: jax.Array) -> tuple[jax.Array, ...]:
             if self.compute_dtype is None:
@@ -219,11 +215,7 @@ class Supervised:
         def loss_on(theta: jax.Array, x: jax.Array, y: jax.Array) -> jax.Array:
             return loss_of(network.apply(*cast(theta, x)).astype(jnp.float32), y)
 
-        def sample(key: jax.Array) -> tuple[jax.Array, jax.Array]:
-            if batch is None or batch >= n:
-                return x_tr, y_tr
-            idx = jax.random.randint(key, (batch,), 0, n)
-            return x_tr[idx], y_tr[idx]
+        sample = sample_batches(x_tr, y_tr, batch_size=batch)
 
         def loss(key: jax.Array, theta: jax.Array) -> jax.Array:
             x, y = sample(key)
@@ -237,11 +229,8 @@ class Supervised:
         def test_metrics(theta: jax.Array) -> dict[str, jax.Array]:
             out = network.apply(theta, x_te)
             if classify:
-                return {
-                    "accuracy": jnp.mean(jnp.argmax(out, -1) == y_te, dtype=jnp.float32),
-                    "loss": optax.softmax_cross_entropy_with_integer_labels(out, y_te).mean(),
-                }
-            return {"mse": jnp.mean((out.reshape(y_te.shape) - y_te) ** 2)}
+                return {"accuracy": accuracy(out, y_te), "loss": cross_entropy(out, y_te)}
+            return {"mse": mse(out, y_te)}
 
         return BoundTask(
             fitness=loss,
