@@ -225,12 +225,17 @@ def run_workload(name: str, spec: dict[str, Any], repeats: int) -> dict[str, Any
     sweep_setup_s = time.perf_counter() - t0
 
     # -- sequential: one Evolution, its compiled chunk reused for every configuration ---------
+    per_config_s: list[list[float]] = []  # wall seconds of each configuration, each repeat
+
     def sequential(num_generations: int) -> list[tuple[Any, Any]]:
-        out = []
+        out, times = [], []
         for key, params in zip(keys, per_config, strict=True):
+            t = time.perf_counter()
             state = evo.init(key, params)
             state, history = evo.run(state, num_generations, params=params, chunk_size=gens)
             out.append((jax.block_until_ready(state), history))
+            times.append(time.perf_counter() - t)
+        per_config_s.append(times)
         return out
 
     t0 = time.perf_counter()
@@ -264,6 +269,7 @@ def run_workload(name: str, spec: dict[str, Any], repeats: int) -> dict[str, Any
             if repeat_diff != 0.0:
                 raise AssertionError(f"{which} repeat {r} differs from repeat 0 ({repeat_diff})")
         loads.append(load())
+    timed_per_config = per_config_s[-repeats:]  # the timed repeats (not the warm-up)
     sweep_states, sweep_history = sweep_run
     sweep_histories = sweep_history.split(len(configs))
 
@@ -342,6 +348,9 @@ def run_workload(name: str, spec: dict[str, Any], repeats: int) -> dict[str, Any
         "sequential_s_all": [round(x, 4) for x in seq_wall],
         "sweep_cpu_s_all": [round(x, 4) for x in sweep_cpu],
         "sequential_cpu_s_all": [round(x, 4) for x in seq_cpu],
+        "sequential_per_config_s": [
+            round(statistics.median(ts), 4) for ts in zip(*timed_per_config, strict=True)
+        ],
         "sweep_compile_s": round(sweep_compile_s, 3),
         "sequential_compile_s": round(sequential_compile_s, 3),
         "sweep_first_run_s": round(sweep_first_s, 3),
@@ -368,6 +377,18 @@ def run_workload(name: str, spec: dict[str, Any], repeats: int) -> dict[str, Any
         out["while_loop_lockstep_work_factor"] = round(
             float(len(configs) * best.max(axis=0).sum() / best.sum()), 3
         )
+        # Member-steps: the mean return is the mean episode length, so P * mean_fitness steps
+        # of a generation are alive; alone a configuration computes P * L_c, the sweep
+        # C * P * max_c L_c (the rest are masked steps of episodes that already ended).
+        mean = np.stack([h.column("mean_fitness") for h in sweep_histories])
+        pop = spec["population"]
+        alive, alone = pop * float(mean.sum()), pop * float(best.sum())
+        lockstep = len(configs) * pop * float(best.max(axis=0).sum())
+        out["member_steps_alive"] = round(alive)
+        out["member_steps_computed_sequential"] = int(alone)
+        out["member_steps_computed_sweep"] = int(lockstep)
+        out["sweep_share_after_own_longest_episode"] = round(1 - alone / lockstep, 3)
+        out["sweep_share_of_ended_episodes"] = round(1 - alive / lockstep, 3)
     return out
 
 
