@@ -10,10 +10,18 @@ changes no test's meaning. Flags already in ``XLA_FLAGS`` are kept.
 from __future__ import annotations
 
 import os
+import tempfile
 
 _FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FAST_COMPILE}".strip()
+
+# Many tests start Python again (the command line, killed-and-resumed runs, notebooks) and
+# compile the same programs there: one compilation cache for the session (a fresh folder, made
+# before pytest-xdist starts its workers, which inherit it) compiles each program once.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="evojax-nets-tests-xla-")
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
 
 import flax.linen as nn
 import jax

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
+
+from evojax_nets.checkpoint import available_steps
 
 
 def _host(x: Any) -> np.ndarray:
@@ -38,3 +46,24 @@ def flat_by_path(tree: Any) -> dict[str, np.ndarray]:
         )
         out[name] = _host(leaf)
     return out
+
+
+def kill_after_checkpoints(
+    args: list[str], ckpt: Path, last_step: int, *, count: int = 2, timeout: float = 180
+) -> list[int]:
+    """Run ``python *args`` in a child, SIGKILL it once ``count`` checkpoints exist in
+    ``ckpt`` (or it exits, or ``timeout`` passes), and return the steps it left, checking
+    that it was killed after a checkpoint and before ``last_step``."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    child = subprocess.Popen(
+        [sys.executable, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.time() + timeout
+    while time.time() < deadline and len(available_steps(ckpt)) < count and child.poll() is None:
+        time.sleep(0.1)
+    child.send_signal(signal.SIGKILL)
+    _, err = child.communicate()
+    steps = available_steps(ckpt)
+    assert steps, f"the run was killed before its first checkpoint: {err.decode()[-2000:]}"
+    assert steps[-1] < last_step, "the run finished before it could be killed"
+    return steps

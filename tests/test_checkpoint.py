@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 from flax import nnx
+from helpers import kill_after_checkpoints
 
 from evojax_nets import Evolution, Supervised, load_digits
 from evojax_nets.checkpoint import (
@@ -75,21 +74,8 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path: Path) -> None:
     script = tmp_path / "job.py"
     script.write_text(SCRIPT)
     ckpt = tmp_path / "ckpt"
+    kill_after_checkpoints([str(script), "train", str(ckpt), ""], ckpt, GENERATIONS)
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    child = subprocess.Popen(
-        [sys.executable, str(script), "train", str(ckpt), ""],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 120
-    while time.time() < deadline and len(available_steps(ckpt)) < 2:
-        time.sleep(0.1)
-    child.send_signal(signal.SIGKILL)
-    child.wait()
-    steps = available_steps(ckpt)
-    assert steps, "the run was killed before its first checkpoint"
-    assert steps[-1] < GENERATIONS, "the run finished before it could be killed"
 
     out = tmp_path / "resumed.npz"
     subprocess.run(

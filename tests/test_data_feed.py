@@ -7,11 +7,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from helpers import kill_after_checkpoints
 
 from evojax_nets import Evolution
 from evojax_nets.checkpoint import (
@@ -258,20 +257,7 @@ def test_sigkill_then_resume_is_bit_identical(data: Path, tmp_path: Path) -> Non
     ckpt = tmp_path / "ckpt"
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     args = [sys.executable, str(script)]
-    child = subprocess.Popen(
-        [*args, "train", str(data), str(ckpt), ""],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 120
-    while time.time() < deadline and len(available_steps(ckpt)) < 2:
-        time.sleep(0.1)
-    child.send_signal(signal.SIGKILL)
-    child.wait()
-    steps = available_steps(ckpt)
-    assert steps, "the run was killed before its first checkpoint"
-    assert steps[-1] < GENERATIONS, "the run finished before it could be killed"
+    kill_after_checkpoints([str(script), "train", str(data), str(ckpt), ""], ckpt, GENERATIONS)
 
     # The killed run's newest checkpoint holds the position of its own state's next batch.
     evo = _evolution(_task(data))

@@ -59,8 +59,16 @@ def test_reported_names_exist():
     assert set(REPORTED) <= set(strategy_names())
 
 
+@pytest.fixture
+def no_compilation_cache():
+    """Compile for real: the suite's compilation cache (conftest) may hold these programs."""
+    jax.config.update("jax_enable_compilation_cache", False)
+    yield
+    jax.config.update("jax_enable_compilation_cache", True)
+
+
 @pytest.mark.parametrize("name", REPORTED)
-def test_item18_every_strategy_compiles_tiny_problems(name):
+def test_item18_every_strategy_compiles_tiny_problems(name, no_compilation_cache):
     for population_size, num_params in SIZES:
         model, fitness = _tiny_problem(num_params)
         evo = Evolution(model, fitness, name, population_size, maximize=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import nbformat
@@ -18,7 +19,11 @@ def test_there_are_notebooks() -> None:
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EVOJAX_NETS_QUICK", "1")
-    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    # The suite's fast-compile XLA flags (conftest); the multi-device notebook gets 8 devices.
+    flags = os.environ.get("XLA_FLAGS", "").replace("--xla_force_host_platform_device_count=8", "")
+    if path.stem == "06_multi_device":
+        flags += " --xla_force_host_platform_device_count=8"
+    monkeypatch.setenv("XLA_FLAGS", flags.strip())
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     monkeypatch.setenv("MPLBACKEND", "Agg")
     notebook = nbformat.read(path, as_version=4)

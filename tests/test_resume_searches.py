@@ -5,15 +5,14 @@ bit (issue "One engine for every search")."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import kill_after_checkpoints
 
 from evojax_nets.checkpoint import available_steps
 
@@ -93,20 +92,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path: Path, kind: str) -> None
     ckpt = tmp_path / "ckpt"
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     args = [str(ROUNDS), str(READY)]
-    child = subprocess.Popen(
-        [sys.executable, str(script), kind, "train", str(ckpt), "", *args],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.time() + 180
-    while time.time() < deadline and len(available_steps(ckpt)) < 2 and child.poll() is None:
-        time.sleep(0.1)
-    child.send_signal(signal.SIGKILL)
-    _, err = child.communicate()
-    steps = available_steps(ckpt)
-    assert steps, f"the run was killed before its first checkpoint: {err.decode()[-2000:]}"
-    assert steps[-1] < ROUNDS, "the run finished before it could be killed"
+    kill_after_checkpoints([str(script), kind, "train", str(ckpt), "", *args], ckpt, ROUNDS)
 
     outs = {}
     for mode in ("resume", "full"):
