@@ -30,6 +30,7 @@ from evojax_nets.generation import (
     PopulationInit,
     gaussian_population_init,
 )
+from evojax_nets.lowrank import layout_for_task
 from evojax_nets.nets import Network, as_network
 from evojax_nets.ops import PopulationOp, chain
 from evojax_nets.program import canonicalize, check_key, sanitize_fitness
@@ -138,6 +139,10 @@ class Evolution:
         if isinstance(strategy, str) and _is_lazy_name(strategy):
             # The lazy strategy evaluates its regenerated members in batches of its own.
             strategy_kwargs.setdefault("batch_size", eval_batch_size or 32)
+        if isinstance(strategy, str) and _is_lowrank_name(strategy):
+            # Which leaves are matrices / conv kernels, as the task's fitness uses them.
+            strategy_kwargs.setdefault("layout", layout_for_task(self.network, bound))
+            strategy_kwargs.setdefault("batch_size", eval_batch_size or 32)
         self.strategy: Strategy = make_strategy(
             strategy,
             population_size,
@@ -153,6 +158,11 @@ class Evolution:
         if mesh is True:
             mesh = population_mesh()
         mesh = None if mesh is None or mesh is False else mesh
+        if self.strategy.lowrank and op_list:
+            raise ValueError(
+                "ops need the population as a (P, D) array, which lowrank_es never builds; "
+                "use open_es with eval_batch_size instead"
+            )
         if self.strategy.lazy:
             if op_list:
                 raise ValueError(
@@ -486,6 +496,15 @@ def _is_lazy_name(name: str) -> bool:
 
     try:
         return resolve_name(name)[1] is LowMemoryOpenES
+    except ValueError:
+        return False
+
+
+def _is_lowrank_name(name: str) -> bool:
+    from evojax_nets.strategies import resolve_name
+
+    try:
+        return resolve_name(name)[0] == "LowRankES"
     except ValueError:
         return False
 

@@ -29,6 +29,7 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from evojax_nets import prng
+from evojax_nets.lowrank import LowRankPopulation, evaluate_lowrank
 from evojax_nets.nets import Network
 from evojax_nets.ops import Members, OpContext, PopulationOp
 from evojax_nets.program import Program, canonicalize, sanitize_fitness
@@ -181,6 +182,10 @@ class EvolutionProgram:
         """Fitness (task's own sense) and the task's per-member ``aux`` of every member; a fed
         task evaluates every member on the generation's ``batch``."""
         fit = self.task.fitness_with_aux(task_state, batch)
+        if isinstance(population, LowRankPopulation):  # the low-rank forward (lowrank/)
+            return evaluate_lowrank(
+                population, self.task, key, fit, self.mesh, self.eval_batch_size
+            )
         if isinstance(population, LazyPopulation):
             return population.map(lambda theta: fit(key, theta))
         if self.mesh is not None:
@@ -280,7 +285,7 @@ class EvolutionProgram:
         ctx = self.context(state.generation, state.task_state)
         sstate, op_state = self.ops.before_ask(k_before, state.strategy_state, state.op_state, ctx)
         population, sstate = self.strategy.ask(k_ask, sstate, sp)
-        if isinstance(population, LazyPopulation):
+        if isinstance(population, (LazyPopulation, LowRankPopulation)):
             genome = phenotype = population
             member = population.member
         else:

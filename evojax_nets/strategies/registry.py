@@ -46,6 +46,7 @@ from evosax.algorithms.base import EvolutionaryAlgorithm
 from evosax.algorithms.population_based.base import PopulationBasedAlgorithm
 from flax import struct
 
+from evojax_nets.lowrank.strategy import LowRankES
 from evojax_nets.strategies.deep_ga import DeepGA
 from evojax_nets.strategies.fixes import Open_ES, iAMaLGaM_Full, iAMaLGaM_Univariate, xNES
 from evojax_nets.strategies.lowmem import LowMemoryOpenES
@@ -67,6 +68,7 @@ _GRADIENT_STYLE = {
     "NoiseReuseES",
     "SV_Open_ES",
     "LowMemoryOpenES",
+    "LowRankES",
 }
 # Strategies whose state holds a D x D matrix.
 FULL_COVARIANCE = ("CMA_ES", "xNES", "MA_ES", "iAMaLGaM_Full", "ASEBO", "SV_CMA_ES")
@@ -98,6 +100,8 @@ _ALIASES = {
     "discoveredes": "DES",
     "diffusion": "DiffusionEvolution",
     "lowmemopenes": "LowMemoryOpenES",
+    "lowrank": "LowRankES",
+    "eggroll": "LowRankES",
 }
 
 
@@ -107,6 +111,7 @@ def _registry() -> dict[str, type]:
         reg[key] = _SCALE_FIXED.get(key, cls)
     reg["DeepGA"] = DeepGA
     reg["LowMemoryOpenES"] = LowMemoryOpenES
+    reg["LowRankES"] = LowRankES
     return reg
 
 
@@ -223,6 +228,12 @@ class Strategy:
         """Whether ``ask`` hands back a :class:`LazyPopulation` (members regenerated on
         demand) rather than a ``(P, D)`` array."""
         return isinstance(self.algorithm, LowMemoryOpenES)
+
+    @property
+    def lowrank(self) -> bool:
+        """Whether ``ask`` hands back a :class:`~evojax_nets.lowrank.LowRankPopulation`
+        (low-rank perturbations regenerated from keys; ``"lowrank_es"``)."""
+        return isinstance(self.algorithm, LowRankES)
 
     def inner_params(self, params: StrategyParams) -> Any:
         """The algorithm's own params with ``params.std`` written in."""
