@@ -60,3 +60,49 @@ def test_sweep_quick_is_one_program_and_matches_sequential(tmp_path: Path) -> No
     assert row["api_sweep_configs_match"] and row["api_sweep_max_abs_diff_vs_timed_sweep"] == 0.0
     assert len(row["final_fitness_sweep"]) == len(row["final_fitness_sequential"]) == 2
     assert row["sweep_s"] > 0 and row["sequential_s"] > 0 and row["ratio"] > 0
+
+
+def test_study_quick_q6_equal_budgets_and_every_contender_improves(tmp_path: Path) -> None:
+    out, png = tmp_path / "study.json", tmp_path / "study.png"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "study.py"), "--quick"]
+    cmd += ["--out", str(out), "--png", str(png)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert json.loads(proc.stdout[proc.stdout.index("{\n") :]) == report
+    assert png.stat().st_size > 0 and report["quick"] is True
+    q6, budget = report["q6"], report["q6"]["budget"]
+    assert set(q6["contenders"]) == {"sgd", "vanilla_es", "guided_es"}
+    assert len(q6["seeds"]) >= 5
+    for name, row in q6["contenders"].items():
+        # Equal oracle calls (f values + gradients), the same number of settings tried.
+        calls = budget["function_evaluations"][name] + budget["gradient_evaluations"][name]
+        per_iteration = budget["calls_per_iteration"][name]
+        assert calls == budget["oracle_calls"] == row["iterations"] * per_iteration
+        assert len(row["grid"]) == 4 == len(row["validation_median_final_gap"])
+        assert row["chosen"] in row["grid"]
+        finals = row["final_gap_per_seed"]
+        assert len(finals) == len(q6["seeds"]) and all(v is not None for v in finals)
+        lo, hi = row["final_gap_ci95"]
+        assert lo <= row["final_gap_median"] <= hi
+        # Every contender's tuned run made real progress on the test instance.
+        assert 0.0 <= row["final_gap_median"] < 0.5 * row["start_gap"]
+        assert row["wall_s"]["test_runs"] > 0 and row["wall_s"]["compile"] > 0
+
+
+def test_lowrank_quick_runs_every_section(tmp_path: Path) -> None:
+    out = tmp_path / "lowrank.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "lowrank.py"), "--quick", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert json.loads(proc.stdout[proc.stdout.index("{\n") :]) == report
+    fraction = report["fraction_of_inference"]
+    assert fraction["max_abs_diff_lowrank_vs_materialised"] < 1e-4
+    assert fraction["fraction_lowrank"] > 0 and fraction["fraction_full_rank_vmap"] > 0
+    runs = report["digits"]["runs"]
+    assert set(runs) == {"lowrank_es_rank1", "open_es"}
+    assert all(0.0 <= r["median_test_accuracy"] <= 1.0 for r in runs.values())
+    (row,) = report["big"]
+    assert row["strategy"] == "lowrank_es" and row["seconds_per_generation"] > 0
+    assert row["peak_rss_gb"] > 0 and len(report["loadavg_end"]) == 3
