@@ -445,7 +445,7 @@ def git_state() -> dict[str, Any]:
         try:
             return subprocess.run(
                 ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True
-            ).stdout.strip()
+            ).stdout.rstrip()
         except (OSError, subprocess.CalledProcessError):  # pragma: no cover - informative only
             return ""
 
