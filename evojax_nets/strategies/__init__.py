@@ -7,6 +7,8 @@ and the library's own (the elitist Deep-GA, the low-memory OpenAI-ES), all on ev
 * :mod:`~evojax_nets.strategies.deep_ga` — :class:`DeepGA` (Such et al. 2017).
 * :mod:`~evojax_nets.strategies.lowmem` — :class:`LowMemoryOpenES` (noise regenerated from
   keys; the population is never held in memory).
+* :mod:`evojax_nets.lowrank` — :class:`~evojax_nets.lowrank.LowRankES` (``"lowrank_es"``:
+  rank-r matrix perturbations, the population forward at inference cost).
 * :mod:`~evojax_nets.strategies.fixes` — evosax classes whose initial scale ignores ``std``,
   or that compute the same thing faster.
 * :mod:`~evojax_nets.strategies.memory` — the state memory guard.
