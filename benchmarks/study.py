@@ -42,7 +42,7 @@ surrogate gradients" (ICML), as its authors' demo notebook sets it up
 Usage::
 
     python benchmarks/study.py                # Q6 at the paper's size: JSON, plot
-    python benchmarks/study.py --quick        # a tiny problem, for the test suite (< 30 s)
+    python benchmarks/study.py --quick        # tiny, for the tests (~25 s CPU)
 
 Defaults write ``benchmarks/results/study-q6-<date>.json`` and ``benchmarks/out/study_q6.png``
 (``--out``, ``--png``); ``--quick`` writes nothing unless asked. The JSON is also printed.
