@@ -253,3 +253,13 @@ def test_sharded_on_8_fake_devices_equals_single_device() -> None:
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "sharded == single-device" in out.stdout
+
+
+def test_sweep_vmaps_over_its_params() -> None:
+    model = nnx.Sequential(
+        nnx.Linear(64, 8, rngs=nnx.Rngs(0)), nnx.relu, nnx.Linear(8, 10, rngs=nnx.Rngs(1))
+    )
+    evo = Evolution(model, Supervised.from_dataset(load_digits(), 32), "lowrank_es", 8)
+    result = evo.sweep([0, 1], 2, std=[0.05, 0.1])
+    finals = [h.rows[-1]["mean_fitness"] for h in result.histories]
+    assert len(finals) == 4 and np.all(np.isfinite(finals)) and len(set(finals)) == 4
