@@ -11,6 +11,7 @@ Hyperscale", https://arxiv.org/abs/2511.16652) on the user's own Flax model.
 * :mod:`~evojax_nets.lowrank.evaluate` — how the engine evaluates a low-rank population.
 
 Example:
+  >>> import jax
   >>> from flax import nnx
   >>> from evojax_nets import Evolution
   >>> from evojax_nets.tasks import Supervised, load_digits
