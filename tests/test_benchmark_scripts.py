@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).parent.parent
 
 
@@ -70,7 +72,11 @@ def test_study_quick_q6_equal_budgets_and_every_contender_improves(tmp_path: Pat
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(out.read_text())
     assert json.loads(proc.stdout[proc.stdout.index("{\n") :]) == report
-    assert png.stat().st_size > 0 and report["quick"] is True
+    assert report["quick"] is True
+    head = png.read_bytes()[:24]  # a PNG whose header (IHDR) gives a figure-sized image
+    assert head[:8] == b"\x89PNG\r\n\x1a\n", head
+    width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    assert width >= 400 and height >= 200, (width, height)
     q6, budget = report["q6"], report["q6"]["budget"]
     assert set(q6["contenders"]) == {"sgd", "vanilla_es", "guided_es"}
     assert len(q6["seeds"]) >= 5
@@ -87,7 +93,6 @@ def test_study_quick_q6_equal_budgets_and_every_contender_improves(tmp_path: Pat
         assert lo <= row["final_gap_median"] <= hi
         # Every contender's tuned run made real progress on the test instance.
         assert 0.0 <= row["final_gap_median"] < 0.5 * row["start_gap"]
-        assert row["wall_s"]["test_runs"] > 0 and row["wall_s"]["compile"] > 0
 
 
 def test_lowrank_quick_runs_every_section(tmp_path: Path) -> None:
@@ -99,10 +104,13 @@ def test_lowrank_quick_runs_every_section(tmp_path: Path) -> None:
     assert json.loads(proc.stdout[proc.stdout.index("{\n") :]) == report
     fraction = report["fraction_of_inference"]
     assert fraction["max_abs_diff_lowrank_vs_materialised"] < 1e-4
-    assert fraction["fraction_lowrank"] > 0 and fraction["fraction_full_rank_vmap"] > 0
     runs = report["digits"]["runs"]
     assert set(runs) == {"lowrank_es_rank1", "open_es"}
-    assert all(0.0 <= r["median_test_accuracy"] <= 1.0 for r in runs.values())
+    for run in runs.values():  # one seed: its accuracy is the median, on the 360 test images
+        (accuracy,) = run["test_accuracy"]
+        assert run["median_test_accuracy"] == accuracy
+        assert round(accuracy * 360) == pytest.approx(accuracy * 360, abs=0.2)
     (row,) = report["big"]
-    assert row["strategy"] == "lowrank_es" and row["seconds_per_generation"] > 0
-    assert row["peak_rss_gb"] > 0 and len(report["loadavg_end"]) == 3
+    # A 16-32-10 network at P = 16: the process holds JAX and the data, not a population.
+    assert row["strategy"] == "lowrank_es" and row["peak_rss_gb"] < 2.0
+    assert len(report["loadavg_end"]) == 3
