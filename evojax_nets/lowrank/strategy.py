@@ -22,10 +22,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
-from evosax.core.fitness_shaping import centered_rank_fitness_shaping_fn
 from flax import struct
 from jax.sharding import NamedSharding, PartitionSpec
 
+from evojax_nets.antithetic import AntitheticOpenES, LowMemoryParams, LowMemoryState
 from evojax_nets.lowrank.forward import (
     Batched,
     LowRank,
@@ -37,23 +37,11 @@ from evojax_nets.lowrank.forward import (
 )
 from evojax_nets.lowrank.layout import Layout
 from evojax_nets.nets import Network
-from evojax_nets.types import Fitness, Genome
+from evojax_nets.types import Genome
 
-DEFAULT_STD = 0.05
-
-
-@struct.dataclass
-class LowRankParams:
-    std_init: jax.Array
-
-
-@struct.dataclass
-class LowRankState:
-    mean: jax.Array
-    std: jax.Array
-    opt_state: Any
-    noise_key: jax.Array
-    generation_counter: jax.Array
+# The state and params of every OpenAI-ES with regenerated noise.
+LowRankParams = LowMemoryParams
+LowRankState = LowMemoryState
 
 
 def _leaf_key(noise_key: jax.Array, pair: jax.Array, leaf: int) -> jax.Array:
@@ -204,7 +192,7 @@ def unperturbed_leaves(layout: Layout, theta: jax.Array) -> list[Shared]:
     return [Shared(w) for w in layout.split(theta)]
 
 
-class LowRankES:
+class LowRankES(AntitheticOpenES):
     """Low-rank OpenAI-ES (see the module docstring) on evosax's protocol:
     ``init(key, mean, params)``, ``ask(key, state, params) -> (LowRankPopulation, state)``,
     ``tell(key, population, fitness, state, params) -> (state, metrics)``.
@@ -229,6 +217,8 @@ class LowRankES:
       (8, 5)
     """
 
+    name = "lowrank_es"
+
     def __init__(
         self,
         population_size: int,
@@ -238,15 +228,9 @@ class LowRankES:
         layout: Layout | None = None,
         batch_size: int = 32,
     ):
-        if population_size < 2 or population_size % 2:
-            raise ValueError(
-                f"population_size={population_size} is invalid for lowrank_es: it samples "
-                f"antithetic pairs; use an even number such as {population_size + 1}"
-            )
+        super().__init__(population_size, solution, optimizer, batch_size)
         if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
             raise ValueError(f"rank must be a positive int (the rank of A B^T), got {rank!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         num_dims = int(jnp.shape(solution)[0])
         layout = Layout.flat(num_dims) if layout is None else layout
         if not isinstance(layout, Layout) or layout.num_dims != num_dims:
@@ -254,27 +238,8 @@ class LowRankES:
                 f"layout must be a lowrank.Layout of the genome's {num_dims} entries; got "
                 f"{layout!r}"
             )
-        self.population_size = population_size
-        self.solution = solution
-        self.num_dims = num_dims
-        self.optimizer = optax.adam(0.02) if optimizer is None else optimizer
         self.rank = rank
         self.layout = layout
-        self.batch_size = min(batch_size, population_size)
-
-    @property
-    def default_params(self) -> LowRankParams:
-        return LowRankParams(std_init=jnp.float32(DEFAULT_STD))
-
-    def init(self, key: jax.Array, mean: Genome, params: LowRankParams) -> LowRankState:
-        mean = jnp.asarray(mean)
-        return LowRankState(
-            mean=mean,
-            std=jnp.asarray(params.std_init, mean.dtype),
-            opt_state=self.optimizer.init(mean),
-            noise_key=key,
-            generation_counter=jnp.int32(0),
-        )
 
     def population(self, state: LowRankState) -> LowRankPopulation:
         """The population of ``state``'s noise key."""
@@ -339,24 +304,3 @@ class LowRankES:
             grads.update(dict(zip(dense, sums, strict=True)))
         parts = [grads[i].reshape(-1) for i in range(len(specs))]
         return jnp.concatenate(parts) if len(parts) > 1 else parts[0]
-
-    def tell(
-        self,
-        key: jax.Array,
-        population: LowRankPopulation,
-        fitness: Fitness,
-        state: LowRankState,
-        params: LowRankParams,
-    ) -> tuple[LowRankState, dict]:
-        """Update the mean from the (minimised, finite) fitness of ``population``."""
-        half = self.population_size // 2
-        shaped = centered_rank_fitness_shaping_fn(None, fitness, state, None)
-        weights = (shaped[:half] - shaped[half:]).astype(state.mean.dtype)
-        grad = self.gradient(population, weights) / (self.population_size * state.std)
-        updates, opt_state = self.optimizer.update(grad, state.opt_state, state.mean)
-        state = state.replace(
-            mean=optax.apply_updates(state.mean, updates),
-            opt_state=opt_state,
-            generation_counter=state.generation_counter + 1,
-        )
-        return state, {}

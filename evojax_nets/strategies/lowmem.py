@@ -21,27 +21,14 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
-from evosax.core.fitness_shaping import centered_rank_fitness_shaping_fn
 from flax import struct
 
-from evojax_nets.types import Fitness, Genome
-
-DEFAULT_STD = 0.05
-
-
-@struct.dataclass
-class LowMemoryParams:
-    std_init: jax.Array
-
-
-@struct.dataclass
-class LowMemoryState:
-    mean: jax.Array
-    std: jax.Array
-    opt_state: Any
-    noise_key: jax.Array
-    generation_counter: jax.Array
+from evojax_nets.antithetic import (
+    AntitheticOpenES,
+    LowMemoryParams,
+    LowMemoryState,
+)
+from evojax_nets.types import Genome
 
 
 @struct.dataclass
@@ -79,7 +66,7 @@ class LazyPopulation:
         return jax.vmap(self.member)(jnp.arange(self.population_size))
 
 
-class LowMemoryOpenES:
+class LowMemoryOpenES(AntitheticOpenES):
     """OpenAI-ES with regenerated noise (see the module docstring), on evosax's protocol:
     ``init(key, mean, params)``, ``ask(key, state, params) -> (LazyPopulation, state)``,
     ``tell(key, population, fitness, state, params) -> (state, metrics)``.
@@ -92,6 +79,7 @@ class LowMemoryOpenES:
         update; the knob that bounds memory (``Evolution(eval_batch_size=...)`` sets it).
 
     Example:
+      >>> import optax
       >>> es = LowMemoryOpenES(8, jnp.zeros(5), optimizer=optax.adam(0.01), batch_size=4)
       >>> params = es.default_params.replace(std_init=0.1)
       >>> state = es.init(jax.random.key(0), jnp.zeros(5), params)
@@ -100,39 +88,7 @@ class LowMemoryOpenES:
       ((5,), (8, 5))
     """
 
-    def __init__(
-        self,
-        population_size: int,
-        solution: jax.Array,
-        optimizer: optax.GradientTransformation | None = None,
-        batch_size: int = 32,
-    ):
-        if population_size < 2 or population_size % 2:
-            raise ValueError(
-                f"population_size={population_size} is invalid for LowMemoryOpenES: it samples "
-                f"antithetic pairs; use an even number such as {population_size + 1}"
-            )
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        self.population_size = population_size
-        self.solution = solution
-        self.num_dims = int(jnp.shape(solution)[0])
-        self.optimizer = optax.adam(0.02) if optimizer is None else optimizer
-        self.batch_size = min(batch_size, population_size)
-
-    @property
-    def default_params(self) -> LowMemoryParams:
-        return LowMemoryParams(std_init=jnp.float32(DEFAULT_STD))
-
-    def init(self, key: jax.Array, mean: Genome, params: LowMemoryParams) -> LowMemoryState:
-        mean = jnp.asarray(mean)
-        return LowMemoryState(
-            mean=mean,
-            std=jnp.asarray(params.std_init, mean.dtype),
-            opt_state=self.optimizer.init(mean),
-            noise_key=key,
-            generation_counter=jnp.int32(0),
-        )
+    name = "LowMemoryOpenES"
 
     def ask(
         self, key: jax.Array, state: LowMemoryState, params: LowMemoryParams
@@ -144,18 +100,9 @@ class LowMemoryOpenES:
         )
         return population, state
 
-    def tell(
-        self,
-        key: jax.Array,
-        population: LazyPopulation,
-        fitness: Fitness,
-        state: LowMemoryState,
-        params: LowMemoryParams,
-    ) -> tuple[LowMemoryState, dict]:
-        """Update the mean from the (minimised, finite) fitness of ``population``."""
+    def gradient(self, population: LazyPopulation, weights: jax.Array) -> Genome:
+        """``sum_j weights[j] eps_j``, the noise regenerated ``batch_size`` pairs at a time."""
         half = self.population_size // 2
-        shaped = centered_rank_fitness_shaping_fn(None, fitness, state, None)
-        weights = (shaped[:half] - shaped[half:]).astype(state.mean.dtype)
 
         def accumulate(grad: jax.Array, chunk: tuple[jax.Array, jax.Array]):
             pairs, w = chunk
@@ -166,12 +113,5 @@ class LowMemoryOpenES:
         pad = n_chunks * step - half
         pairs = jnp.pad(jnp.arange(half), (0, pad)).reshape(n_chunks, step)
         w = jnp.pad(weights, (0, pad)).reshape(n_chunks, step)
-        grad, _ = jax.lax.scan(accumulate, jnp.zeros_like(state.mean), (pairs, w))
-        grad = grad / (self.population_size * state.std)
-        updates, opt_state = self.optimizer.update(grad, state.opt_state, state.mean)
-        state = state.replace(
-            mean=optax.apply_updates(state.mean, updates),
-            opt_state=opt_state,
-            generation_counter=state.generation_counter + 1,
-        )
-        return state, {}
+        grad, _ = jax.lax.scan(accumulate, jnp.zeros_like(population.mean), (pairs, w))
+        return grad
