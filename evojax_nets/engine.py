@@ -30,13 +30,13 @@ from evojax_nets.generation import (
     PopulationInit,
     gaussian_population_init,
 )
-from evojax_nets.lowrank import layout_for_task
+from evojax_nets.lowrank import LowRankES, layout_for_task
 from evojax_nets.nets import Network, as_network
 from evojax_nets.ops import PopulationOp, chain
 from evojax_nets.program import canonicalize, check_key, sanitize_fitness
 from evojax_nets.runner import Callback, History, Runner, _memory_of, check_fits
 from evojax_nets.sharding import population_mesh
-from evojax_nets.strategies import Strategy, check_memory, make_strategy
+from evojax_nets.strategies import LowMemoryOpenES, Strategy, check_memory, make_strategy
 from evojax_nets.sweep import SweepResult, run_sweep
 from evojax_nets.tasks.base import BoundTask, as_task
 from evojax_nets.types import Genome, Population
@@ -136,10 +136,11 @@ class Evolution:
                 f"eval_batch_size must be a positive int or None, got {eval_batch_size!r}"
             )
         strategy_kwargs = dict(strategy_kwargs or {})
-        if isinstance(strategy, str) and _is_lazy_name(strategy):
+        chosen = _strategy_class(strategy) if isinstance(strategy, str) else None
+        if chosen is LowMemoryOpenES:
             # The lazy strategy evaluates its regenerated members in batches of its own.
             strategy_kwargs.setdefault("batch_size", eval_batch_size or 32)
-        if isinstance(strategy, str) and _is_lowrank_name(strategy):
+        if chosen is LowRankES:
             # Which leaves are matrices / conv kernels, as the task's fitness uses them.
             strategy_kwargs.setdefault("layout", layout_for_task(self.network, bound))
             strategy_kwargs.setdefault("batch_size", eval_batch_size or 32)
@@ -491,22 +492,15 @@ class Evolution:
         return self.network.export(self.solution_theta(state))
 
 
-def _is_lazy_name(name: str) -> bool:
-    from evojax_nets.strategies import LowMemoryOpenES, resolve_name
-
-    try:
-        return resolve_name(name)[1] is LowMemoryOpenES
-    except ValueError:
-        return False
-
-
-def _is_lowrank_name(name: str) -> bool:
+def _strategy_class(name: str) -> Any:
+    """The class a strategy name resolves to, or ``None`` (an unknown name is reported by
+    ``make_strategy``)."""
     from evojax_nets.strategies import resolve_name
 
     try:
-        return resolve_name(name)[0] == "LowRankES"
+        return resolve_name(name)[1]
     except ValueError:
-        return False
+        return None
 
 
 @dataclass(frozen=True)
