@@ -8,6 +8,11 @@ learning rate 0.02, constant std 0.05), the same network (``evojax_nets.models.M
   ``lax.scan``, what ``Evolution.run`` calls) is compiled once with ``Evolution.compile``,
   warmed up, then timed. ``engine_run`` times ``Evolution.run`` itself (the same compiled chunk
   plus the host's work between chunks: test metrics and history rows).
+* **user_model**: the same engine on the MLP a user would write (``nnx.Sequential`` of
+  ``nnx.Linear`` and ``nnx.tanh``, the same widths), whose population forward is the rewrite
+  of its forward every model gets (``Network.population_apply``, features-major
+  activations); **user_model_vmap** is that model with ``population_forward=False``
+  (``vmap`` of the member forward, what a user's own model ran on before).
 * **documented evosax loop**: the usage evosax documents, a Python loop that calls the jitted
   ``strategy.ask``, a ``jax.jit(jax.vmap(...))`` evaluation of the Flax MLP over the population
   pytree, and the jitted ``strategy.tell``, with the strategy built on the Flax params pytree:
@@ -61,6 +66,8 @@ from evojax_nets.tasks import Supervised, load_digits
 STD = 0.05
 LEARNING_RATE = 0.02
 GOAL_SPEEDUP = 2.5
+# issue 14: a user's own NNX MLP at least this share of models.MLP's generations per second
+USER_MODEL_GOAL = 0.9
 
 
 def _wall(fn: Callable[[], Any]) -> float:
@@ -216,6 +223,38 @@ def main() -> None:
         state, _ = evo.run(state, N, chunk_size=N)
         return state
 
+    # -- the same engine on a user's own NNX MLP (nnx.Sequential of the same shape) -----------
+    # with the population forward every model gets (Network.population_apply) and with vmap of
+    # the member forward (what a user's model ran on before it), both on the same minibatches.
+    def user_chunk(population_forward: bool) -> Callable[[], Any]:
+        rngs = nnx.Rngs(args.seed)
+        layers: list[Any] = []
+        for i, (a, b) in enumerate(itertools.pairwise(widths)):
+            layers.append(nnx.Linear(a, b, rngs=rngs))
+            if i < len(widths) - 2:
+                layers.append(nnx.tanh)
+        user = Evolution(
+            nnx.Sequential(*layers),
+            Supervised.from_dataset(data, batch_size=B, population_forward=population_forward),
+            "open_es",
+            P,
+            std=STD,
+            learning_rate=LEARNING_RATE,
+        )
+        ustate = user.init(jax.random.key(args.seed))
+        uchunk, _ = user.compile(ustate, N)
+        ustate, _ = uchunk(ustate, num_active)  # warm-up
+        jax.block_until_ready(ustate)
+
+        def run_chunk():
+            nonlocal ustate
+            ustate, metrics = uchunk(ustate, num_active)
+            return ustate, metrics
+
+        return run_chunk
+
+    user_model_chunk, user_model_vmap_chunk = user_chunk(True), user_chunk(False)
+
     # -- the documented evosax loop -----------------------------------------------------------
     strategy, es_params, params_tree, doc_evaluate, doc_run = build_documented(
         model, data.x_train, data.y_train, P, B
@@ -300,6 +339,8 @@ def main() -> None:
         "documented_evosax": lambda: N / _wall(documented_loop),
         "evosax_scan": lambda: N / _wall(scanned_evosax),
         "engine_run": lambda: N / _wall(engine_run),
+        "user_model": lambda: N / _wall(user_model_chunk),
+        "user_model_vmap": lambda: N / _wall(user_model_vmap_chunk),
         "engine_eval": lambda: (
             K * eval_flops / 1e9 / _wall(lambda: engine_eval(eval_keys, populations))
         ),
@@ -330,6 +371,7 @@ def main() -> None:
     paired = [e / d for e, d in zip(samples["engine"], samples["documented_evosax"], strict=True)]
     speedup = med["engine"] / med["documented_evosax"]
     paired_scan = [e / d for e, d in zip(samples["engine"], samples["evosax_scan"], strict=True)]
+    paired_user = [u / e for u, e in zip(samples["user_model"], samples["engine"], strict=True)]
     report = {
         "benchmark": "throughput",
         "config": {
@@ -349,10 +391,19 @@ def main() -> None:
             "engine_run": _summary(samples["engine_run"]),
             "documented_evosax": _summary(samples["documented_evosax"]),
             "evosax_scan": _summary(samples["evosax_scan"]),
+            "user_model": _summary(samples["user_model"]),
+            "user_model_vmap": _summary(samples["user_model_vmap"]),
         },
         "ms_per_generation": {
             name: round(1e3 / med[name], 2)
-            for name in ("engine", "engine_run", "documented_evosax", "evosax_scan")
+            for name in (
+                "engine",
+                "engine_run",
+                "documented_evosax",
+                "evosax_scan",
+                "user_model",
+                "user_model_vmap",
+            )
         },
         "speedup": {
             "engine_vs_documented": round(speedup, 3),
@@ -363,6 +414,13 @@ def main() -> None:
             "engine_vs_evosax_scan": round(med["engine"] / med["evosax_scan"], 3),
             "engine_vs_evosax_scan_paired_median": round(statistics.median(paired_scan), 3),
             "evosax_scan_vs_documented": round(med["evosax_scan"] / med["documented_evosax"], 3),
+            # a user's nnx.Sequential MLP against the library's models.MLP, same engine
+            "user_model_vs_engine": round(med["user_model"] / med["engine"], 3),
+            "user_model_vs_engine_paired_median": round(statistics.median(paired_user), 3),
+            "user_model_vmap_vs_engine": round(med["user_model_vmap"] / med["engine"], 3),
+            "user_model_vs_evosax_scan": round(med["user_model"] / med["evosax_scan"], 3),
+            "user_model_goal": USER_MODEL_GOAL,
+            "user_model_goal_met": bool(med["user_model"] / med["engine"] >= USER_MODEL_GOAL),
         },
         "evaluation": {
             "flops_per_generation": eval_flops,

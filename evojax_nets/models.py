@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from evojax_nets.nets import population_groups
+
 Activation = Callable[[jax.Array], jax.Array]
 
 
@@ -85,16 +87,13 @@ class MLP(nnx.Module):
         float32 rounding, not bit for bit.
         """
         p = nnx.to_pure_dict(params)
-        num = jax.tree.leaves(p)[0].shape[0]
-        if groups is None:
-            groups = max(1, min(8, num // 32))
-        bounds = [round(i * num / groups) for i in range(groups + 1)]
+        bounds = population_groups(jax.tree.leaves(p)[0].shape[0], groups)
         x = self.features(x)
         outs = [
             self._population_forward(jax.tree.map(lambda a, lo=lo, hi=hi: a[lo:hi], p), x)
-            for lo, hi in itertools.pairwise(bounds)
+            for lo, hi in bounds
         ]
-        return outs[0] if groups == 1 else jnp.concatenate(outs)
+        return outs[0] if len(outs) == 1 else jnp.concatenate(outs)
 
     def _population_forward(self, p: dict, x: jax.Array) -> jax.Array:
         layers = [p["hidden"][i] for i in range(len(self.hidden))] + [p["head"]]

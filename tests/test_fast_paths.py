@@ -180,10 +180,23 @@ def test_mlp_population_forward_matches_vmap():
     )
 
 
-def test_population_forward_only_when_everything_evolves():
+def test_partly_evolved_mlp_gets_the_generic_population_forward():
+    # MLP.population_apply needs every variable; with only the head evolving the network
+    # falls back to the rewrite of the forward every model gets, which equals vmap.
     model = MLP(64, (16,), 10, rngs=nnx.Rngs(0))
     evo = Evolution(model, Supervised.from_dataset(load_digits()), "open_es", 8, filter="head")
-    assert evo.task.population_fitness is None
+    assert not evo.network.has_population_apply
+    assert evo.task.population_fitness is not None
+    thetas = evo.network.theta0 + 0.1 * jax.random.normal(
+        jax.random.key(1), (8, evo.network.num_params)
+    )
+    x = jnp.asarray(load_digits().x_train[:32])
+    np.testing.assert_allclose(
+        evo.network.population_apply(thetas, x),
+        jax.vmap(evo.network.apply, in_axes=(0, None))(thetas, x),
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 def test_population_forward_choice_by_argument_and_backend(monkeypatch):

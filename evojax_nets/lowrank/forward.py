@@ -24,7 +24,7 @@ entered, so layers inside them are rewritten too.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -79,6 +79,33 @@ class LowRank:
         return self.w.shape == (self.a.shape[1], self.b.shape[1])
 
 
+class Permuted:
+    """One value per member, stored with its axes permuted: ``value`` is
+    ``transpose(logical, perm)``, where ``logical`` is ``(P, *member_shape)`` and
+    ``perm[0] == 0`` (see :mod:`~evojax_nets.lowrank.fullrank`)."""
+
+    __slots__ = ("perm", "value")
+
+    def __init__(self, value: jax.Array, perm: Sequence[int]):
+        self.value, self.perm = value, tuple(perm)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The logical shape ``(P, *member_shape)``."""
+        stored = jnp.shape(self.value)
+        return tuple(stored[self.perm.index(i)] for i in range(len(stored)))
+
+    def materialize(self) -> Batched:
+        return Batched(jnp.transpose(self.value, tuple(int(i) for i in _inverse(self.perm))))
+
+
+def _inverse(perm: Sequence[int]) -> list[int]:
+    out = [0] * len(perm)
+    for stored, logical in enumerate(perm):
+        out[logical] = stored
+    return out
+
+
 class PopulationGenome:
     """A whole population's flat genomes ``(P, D)``, held as its leaves' values (flat):
     ``split`` at the leaf boundaries (what ``Network.unravel`` does first) hands the
@@ -101,7 +128,7 @@ class PopulationGenome:
         return Batched(jnp.concatenate(flat, axis=1) if len(flat) > 1 else flat[0])
 
 
-Value = Shared | Batched | LowRank | PopulationGenome
+Value = Shared | Batched | LowRank | PopulationGenome | Permuted
 
 
 def _ref(x: Value) -> jax.Array:
@@ -112,12 +139,14 @@ def _ref(x: Value) -> jax.Array:
 
 
 def _aval(x: Value) -> jax.ShapeDtypeStruct:
+    if isinstance(x, Permuted):
+        return jax.ShapeDtypeStruct(x.shape[1:], x.value.dtype)
     ref = _ref(x)
     return jax.ShapeDtypeStruct(jnp.shape(ref), ref.dtype)
 
 
 def _plain(x: Value) -> Shared | Batched:
-    return x.materialize() if isinstance(x, (LowRank, PopulationGenome)) else x
+    return x.materialize() if isinstance(x, (LowRank, PopulationGenome, Permuted)) else x
 
 
 def _bind(eqn: Any, ins: Sequence[Value]) -> list[Value]:
@@ -276,8 +305,21 @@ def _inner(eqn: Any) -> tuple[Any, list[Any]] | None:
     return sub, []
 
 
-def evaluate_jaxpr(jaxpr: Any, consts: Sequence[Any], args: Sequence[Value]) -> list[Value]:
-    """Evaluate ``jaxpr`` on interpreter values (see the module docstring)."""
+Rule = Callable[[Any, Sequence[Any]], "list[Any] | None"]
+
+
+def evaluate_jaxpr(
+    jaxpr: Any,
+    consts: Sequence[Any],
+    args: Sequence[Value],
+    rules: Mapping[str, Rule] | None = None,
+) -> list[Value]:
+    """Evaluate ``jaxpr`` on interpreter values (see the module docstring).
+
+    ``rules`` maps a primitive's name to a rule ``rule(eqn, ins) -> outs | None``, tried on
+    every equation with an input that is not shared (``None``: the rule does not apply, the
+    primitive is bound as usual); the low-rank rules by default."""
+    rules = _RULES if rules is None else rules
     env: dict[Any, Value] = {}
 
     def read(v: Any) -> Value:
@@ -290,13 +332,12 @@ def evaluate_jaxpr(jaxpr: Any, consts: Sequence[Any], args: Sequence[Value]) -> 
     for eqn in jaxpr.eqns:
         ins = [read(v) for v in eqn.invars]
         outs = None
-        if any(isinstance(x, (LowRank, PopulationGenome)) for x in ins):
-            rule = _RULES.get(eqn.primitive.name)
+        if not all(isinstance(x, Shared) for x in ins):
+            rule = rules.get(eqn.primitive.name)
             outs = rule(eqn, ins) if rule is not None else None
-        if outs is None and not all(isinstance(x, Shared) for x in ins):
-            inner = _inner(eqn)
+            inner = _inner(eqn) if outs is None else None
             if inner is not None and len(inner[0].invars) == len(ins):
-                outs = evaluate_jaxpr(inner[0], inner[1], ins)
+                outs = evaluate_jaxpr(inner[0], inner[1], ins, rules)
         if outs is None:
             outs = _bind(eqn, ins)
         for v, o in zip(eqn.outvars, outs, strict=True):

@@ -61,12 +61,14 @@ class Supervised:
         loss are float32). ``None`` (default): the network's own dtype. Test metrics are
         always computed in float32.
       population_forward: whether the fitness of a whole population is computed with the
-        network's population forward pass (``MLP.population_apply``: the shared-input first
-        layer as one matrix product for many members) rather than ``vmap`` of the member
-        forward pass. ``None`` (default) chooses by backend: the population forward on CPU,
-        where it measured 1.3-1.6x faster, and ``vmap`` on accelerators, where the population
-        forward measured 0.52x on an H200 (``benchmarks/levers.py``). Networks without a
-        population forward always use ``vmap``.
+        network's population forward pass (:meth:`Network.population_apply
+        <evojax_nets.nets.Network.population_apply>`: the shared-input first layer as one
+        matrix product for many members, later activations laid out for the population;
+        ``MLP.population_apply`` for the library's MLP, the same rewrite of the forward for
+        any other model) rather than ``vmap`` of the member forward pass. ``None`` (default)
+        chooses by backend: the population forward on CPU, where it measured 1.3-1.6x faster,
+        and ``vmap`` on accelerators, where the population forward measured 0.52x on an H200
+        (``benchmarks/levers.py``).
 
     Data holding NaN or infinite values is refused here, with the array named.
 
@@ -91,8 +93,11 @@ class Supervised:
             _check_finite(name, getattr(self, name))
 
     @classmethod
-    def from_dataset(cls, dataset: Dataset, batch_size: int | None = 256) -> Supervised:
-        """A classification task over a :class:`~evojax_nets.tasks.datasets.Dataset`."""
+    def from_dataset(
+        cls, dataset: Dataset, batch_size: int | None = 256, **kwargs: Any
+    ) -> Supervised:
+        """A classification task over a :class:`~evojax_nets.tasks.datasets.Dataset`;
+        ``kwargs`` are the other fields (``compute_dtype``, ``population_forward``)."""
         return cls(
             dataset.x_train,
             dataset.y_train,
@@ -101,6 +106,7 @@ class Supervised:
             kind="classification",
             batch_size=batch_size,
             num_classes=dataset.num_classes,
+            **kwargs,
         )
 
     def _validate(self, network: Network) -> tuple[int, ...]:
@@ -188,8 +194,6 @@ class Supervised:
         return out.shape
 
     def _use_population_forward(self, network: Network) -> bool:
-        if not network.has_population_apply:
-            return False
         if self.population_forward is None:
             return jax.default_backend() == "cpu"
         return self.population_forward
