@@ -1,10 +1,8 @@
-# ruff: noqa: E402  (XLA_FLAGS must be set before JAX initialises its backend)
 """Shared fixtures: tiny networks (NNX, linen, TrainState) and tiny data, so that every test
 compiles in a second or two on a 2-core CPU.
 
-Compilation dominates the suite's time (the programs themselves run in milliseconds), so XLA's
-CPU backend optimisations are turned down here; that cuts compile time by about a third and
-changes no test's meaning. Flags already in ``XLA_FLAGS`` are kept.
+Compilation dominates the suite's time, so XLA is asked to compile fast (``tests/xla.py``);
+flags already in ``XLA_FLAGS`` are kept.
 """
 
 from __future__ import annotations
@@ -12,9 +10,10 @@ from __future__ import annotations
 import os
 import tempfile
 
-_FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+from xla import FAST_COMPILE
+
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FAST_COMPILE}".strip()
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
 
 # Many tests start Python again (the command line, killed-and-resumed runs, notebooks) and
 # compile the same programs there: one compilation cache for the session (a fresh folder, made

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from xla import child_env
 
 from evojax_nets import Evolution, Supervised, load_digits
 from evojax_nets.checkpoint import (
@@ -38,9 +39,6 @@ from evojax_nets.checkpoint import (
 )
 from evojax_nets.models import MLP
 from evojax_nets.ops import PopulationOp
-
-_FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-
 
 # 4,100 weights: enough that orbax writes the arrays to a data file of their own.
 IN_FEATURES = 1024
@@ -262,8 +260,7 @@ def _start_pair(tmp_path: Path, mode: str, directory: Path) -> list[subprocess.P
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     port = str(_free_port())
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": _FAST_COMPILE}
-    env.pop("JAX_NUM_CPU_DEVICES", None)
+    env = child_env()
     return [
         subprocess.Popen(
             [sys.executable, str(script), mode, str(rank), port, str(directory)],

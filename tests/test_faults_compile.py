@@ -49,7 +49,7 @@ def test_tiny_problems_stay_below_the_unroll_threshold():
 
 
 # The strategies reported to compile for minutes (SNES, sep-CMA-ES) and one of each family.
-# Every strategy of the registry compiles and runs a tiny problem in tests/test_strategies.py
+# Every strategy of the registry compiles and runs a tiny problem in tests/test_faults_sharding.py
 # already; timing all 39 twice here took ~10 minutes of this 2-core machine, more than the
 # whole suite's budget.
 REPORTED = ["SNES", "Sep_CMA_ES", "Open_ES", "CMA_ES", "DifferentialEvolution", "PSO", "DeepGA"]

@@ -4,7 +4,6 @@ single-device, and a checkpointed run resumes bit-exact."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -17,6 +16,7 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from xla import child_env
 
 from evojax_nets import Evolution, Supervised, load_digits
 from evojax_nets.checkpoint import Checkpointer, resume, tree_equal
@@ -220,8 +220,6 @@ def test_resume_is_bit_exact(tmp_path: Path) -> None:
 
 SHARDED = textwrap.dedent(
     """
-    import os
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
     import jax, numpy as np
     from flax import nnx
     from evojax_nets import Evolution, Supervised, load_digits
@@ -246,10 +244,12 @@ SHARDED = textwrap.dedent(
 
 
 def test_sharded_on_8_fake_devices_equals_single_device() -> None:
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env["JAX_PLATFORMS"] = "cpu"
     out = subprocess.run(
-        [sys.executable, "-c", SHARDED], env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-c", SHARDED],
+        env=child_env(devices=8),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "sharded == single-device" in out.stdout

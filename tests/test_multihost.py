@@ -3,7 +3,6 @@ evolution over a global mesh and agree with the single-process run."""
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -11,6 +10,7 @@ import textwrap
 
 import jax
 from flax import nnx
+from xla import child_env
 
 from evojax_nets import Evolution, Supervised, load_digits
 from evojax_nets.models import MLP
@@ -42,8 +42,7 @@ def _free_port() -> int:
 
 def test_two_processes_on_localhost_match_single_process() -> None:
     port = str(_free_port())
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env["JAX_PLATFORMS"] = "cpu"
+    env = child_env()
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", WORKER, str(i), port],

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from xla import child_env
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "evojax_nets"
@@ -93,15 +93,12 @@ def test_installed_wheel_runs(wheel: Path, tmp_path: Path) -> None:
     target = tmp_path / "site"
     pip = [sys.executable, "-m", "pip", "install", "--no-deps", "--quiet"]
     _run([*pip, "--target", str(target), str(wheel)], timeout=120)
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(target),
-        "JAX_PLATFORMS": "cpu",
-        "MPLBACKEND": "Agg",
+    env = child_env(
+        PYTHONPATH=str(target),
+        MPLBACKEND="Agg",
         # Keep any compilation cache of the command line out of the user's home.
-        "XDG_CACHE_HOME": str(tmp_path / "cache"),
-    }
-    env.pop("XLA_FLAGS", None)
+        XDG_CACHE_HOME=str(tmp_path / "cache"),
+    )
     where = _run(
         [sys.executable, "-c", "import evojax_nets; print(evojax_nets.__file__)"],
         cwd=tmp_path,

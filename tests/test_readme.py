@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from xla import child_env
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 _BLOCK = re.compile(r"^```python\n(.*?)^```$", re.MULTILINE | re.DOTALL)
@@ -30,8 +30,7 @@ def test_readme_has_python_blocks() -> None:
 def test_readme_block_runs(line: int, code: str, tmp_path: Path) -> None:
     script = tmp_path / "block.py"
     script.write_text(code)
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "MPLBACKEND": "Agg"}
-    env.pop("XLA_FLAGS", None)
+    env = child_env(MPLBACKEND="Agg")
     env.pop("PYTHONPATH", None)
     proc = subprocess.run(
         [sys.executable, str(script)],
