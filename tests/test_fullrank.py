@@ -45,20 +45,21 @@ class _LinenNet(nn.Module):
     def __call__(self, x):
         x = nn.LayerNorm()(nn.Dense(8)(x))
         x = jnp.where(x > 0, x, 0.1 * x)
-        return nn.DenseGeneral((2, 3))(x)
+        x = nn.DenseGeneral((2, 3))(x)
+        return nn.Dense(3)(nn.relu(x.reshape(x.shape[0], -1)))
 
 
 def _networks():
     conv = _ConvNet(nnx.Rngs(1))
     conv.eval()
     linen = _LinenNet()
+    variables = linen.init(jax.random.key(0), jnp.ones((2, 6)))
     return {
         "nnx_mlp": (from_nnx(_user_mlp()), 6),
         "nnx_conv_bn_einsum": (from_nnx(conv), 16),
-        "linen_dense_layernorm_densegeneral": (
-            from_linen(linen, linen.init(jax.random.key(0), jnp.ones((2, 6)))),
-            6,
-        ),
+        "linen_dense_layernorm_densegeneral": (from_linen(linen, variables), 6),
+        # Only the head evolves: the frozen body (a custom_jvp relu among it) is shared.
+        "linen_frozen_body": (from_linen(linen, variables, filter="Dense_1"), 6),
     }
 
 

@@ -184,8 +184,10 @@ def test_blended_mean_update_interpolates_es_and_gradient():
 
     w0, w1, wh = run(0.0), run(1.0), run(0.5)
     assert evo.runner.compile_count == 1
-    # w = 0 is the strategy alone, bit for bit (hooks do not change the ES key stream).
-    np.testing.assert_array_equal(evo.mean_theta(w0), evo_es.mean_theta(es))
+    # w = 0 is the strategy alone (hooks do not change the ES key stream): equal up to the
+    # last bit, which two separately compiled programs may round differently (another key
+    # stream would move the mean by about std = 0.1).
+    np.testing.assert_allclose(evo.mean_theta(w0), evo_es.mean_theta(es), rtol=1e-6, atol=1e-7)
     # w = 1 is plain Adam on the mean.
     theta, opt = evo.network.theta0, optax.adam(0.05)
     opt_state = opt.init(theta)

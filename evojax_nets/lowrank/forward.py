@@ -153,7 +153,10 @@ def _bind(eqn: Any, ins: Sequence[Value]) -> list[Value]:
     """Bind ``eqn``'s primitive on shared / batched values (``vmap`` over ``P`` if any is
     batched)."""
     ins = [_plain(x) for x in ins]
-    prim, params = eqn.primitive, eqn.params
+    prim = eqn.primitive
+    # Call-like primitives (custom_jvp_call, ...) are bound with other params than their
+    # equations hold (what jax.core.eval_jaxpr does).
+    params = prim.get_bind_params(eqn.params)
     vals = [x.value for x in ins]
     if all(isinstance(x, Shared) for x in ins):
         out = prim.bind(*vals, **params)
