@@ -26,7 +26,7 @@ from evojax_nets.logging import ProgressBar, WandbLogger
 from evojax_nets.models import MLP
 from evojax_nets.tasks import write_idx
 
-FAST = ["--population", "8", "--no-progress", "--no-compile-cache"]
+FAST = ["--population", "8", "--no-progress"]
 
 
 def _child_env(**extra: str) -> dict[str, str]:

@@ -23,7 +23,8 @@ from evojax_nets import logging as ev_logging
 from evojax_nets.checkpoint import available_steps
 from evojax_nets.cli import build_parser, main, plan_run
 
-TINY = ["--population", "8", "--model", "mlp:8", "--no-progress", "--no-compile-cache"]
+# The command line's compile cache is the suite's (JAX_COMPILATION_CACHE_DIR, tests/conftest.py).
+TINY = ["--population", "8", "--model", "mlp:8", "--no-progress"]
 
 
 class Killed(BaseException):
