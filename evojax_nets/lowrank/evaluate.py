@@ -28,20 +28,6 @@ from evojax_nets.lowrank.strategy import LowRankPopulation
 from evojax_nets.tasks.base import BoundTask
 
 
-def _materialized(
-    population: LowRankPopulation,
-    key: jax.Array,
-    fit: Callable[[jax.Array, jax.Array], Any],
-    mesh: Mesh | None,
-    eval_batch_size: int | None,
-) -> tuple[jax.Array, Any]:
-    idx = jnp.arange(population.population_size)
-    if mesh is not None:
-        idx = jax.lax.with_sharding_constraint(idx, NamedSharding(mesh, PartitionSpec("pop")))
-    size = eval_batch_size or population.batch_size
-    return jax.lax.map(lambda i: fit(key, population.member(i)), idx, batch_size=size)
-
-
 def evaluate_lowrank(
     population: LowRankPopulation,
     task: BoundTask,
@@ -62,7 +48,7 @@ def evaluate_lowrank(
             )
     population = population.replace(mesh=mesh)
     if task.fed or task.stateful:
-        fitness, aux = _materialized(population, key, fit, mesh, eval_batch_size)
+        fitness, aux = population.map(lambda theta: fit(key, theta), eval_batch_size)
     else:
         chunk = p if eval_batch_size is None else min(eval_batch_size, p)
 
@@ -87,7 +73,7 @@ def evaluate_lowrank(
                 "members are materialised eval_batch_size at a time instead",
                 stacklevel=2,
             )
-            fitness, aux = _materialized(population, key, fit, mesh, eval_batch_size)
+            fitness, aux = population.map(lambda theta: fit(key, theta), eval_batch_size)
     if mesh is not None:
         fitness = jax.lax.with_sharding_constraint(fitness, NamedSharding(mesh, PartitionSpec()))
     return fitness, aux

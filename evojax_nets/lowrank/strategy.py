@@ -120,9 +120,11 @@ class LowRankPopulation:
 
     def map(self, fn: Callable[[Genome], Any], batch_size: int | None = None) -> Any:
         """``fn(theta)`` for every member, ``batch_size`` members at a time (outputs stacked;
-        default: the strategy's ``batch_size``)."""
+        default: the strategy's ``batch_size``); the member indices are sharded over the
+        population's mesh, if it has one."""
         size = batch_size or self.batch_size
-        return jax.lax.map(lambda i: fn(self.member(i)), self.member_indices(), batch_size=size)
+        idx = self._shard(self.member_indices())
+        return jax.lax.map(lambda i: fn(self.member(i)), idx, batch_size=size)
 
     def materialize(self) -> jax.Array:
         """The ``(P, D)`` array (for tests and small problems only)."""

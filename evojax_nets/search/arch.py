@@ -160,8 +160,10 @@ class ArchSearch:
       >>> from evojax_nets.tasks import load_digits
       >>> ds = load_digits()
       >>> x, y = ds.x_train, ds.y_train
-      >>> search = ArchSearch(MLPSpace(64, 10), x[:1000], y[:1000], x[1000:], y[1000:], ready=50)
-      >>> result = search.fit(jax.random.key(0), 200)
+      >>> space = MLPSpace(64, 10, max_depth=2, widths=(16, 32))
+      >>> search = ArchSearch(space, x[:1000], y[:1000], x[1000:], y[1000:], population_size=8,
+      ...                     ready=50)
+      >>> result = search.fit(jax.random.key(0), 100)
       >>> result.module(ds.x_test).shape
       (360, 10)
     """
