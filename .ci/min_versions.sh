@@ -40,13 +40,13 @@ FLOORS=(
     "orbax-checkpoint==0.12.3"
 )
 # Test tools are not floors: any recent version.
-TOOLS=("pytest>=8")
+TOOLS=("pytest>=8" "pytest-xdist>=3.6")  # pyproject's addopts run the suite with xdist
 if [ "$#" -gt 0 ]; then
     TESTS=("$@")
 else
     TESTS=(
         tests/test_adapters.py tests/test_engine.py tests/test_tasks.py tests/test_checkpoint.py
-        tests/test_faults_inputs.py
+        tests/test_faults_inputs.py tests/test_fullrank.py
         --deselect tests/test_engine.py::test_jitted_step_has_one_cache_entry
         --deselect tests/test_engine.py::test_one_compile_per_chunk_size
     )

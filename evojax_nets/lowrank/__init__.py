@@ -6,6 +6,9 @@ Hyperscale", https://arxiv.org/abs/2511.16652) on the user's own Flax model.
 * :mod:`~evojax_nets.lowrank.forward` — the population forward pass: the model's jaxpr
   evaluated with shared, batched and low-rank values, so ``x W`` is one product for the whole
   population and each member adds ``(x A_i) B_i^T``.
+* :mod:`~evojax_nets.lowrank.fullrank` — the same interpreter for full-rank members: the
+  population forward any model gets (``Network.population_apply``), with features-major
+  activations, so a user's own MLP runs as fast as the library's.
 * :mod:`~evojax_nets.lowrank.strategy` — :class:`LowRankES` (``"lowrank_es"`` in the
   registry) and its :class:`LowRankPopulation`.
 * :mod:`~evojax_nets.lowrank.evaluate` — how the engine evaluates a low-rank population.
