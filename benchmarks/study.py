@@ -1,6 +1,8 @@
 """The study behind ``benchmarks/ANSWER.md`` (issue 15): each question's figures, JSON and plot.
 
-Only **Q6** is implemented so far (Q1-Q5 are listed in ANSWER.md as not yet measured).
+**Q1** (cost to a fixed target against the number of weights; its code and design are in
+``benchmarks/study_q1.py``) and **Q6** are implemented (Q2-Q5 are listed in ANSWER.md as not
+yet measured).
 
 **Q6, a published experiment reproduced**: the biased-gradient least-squares problem of
 Maheswaranathan et al. (2019), "Guided evolutionary strategies: augmenting random search with
@@ -41,11 +43,14 @@ surrogate gradients" (ICML), as its authors' demo notebook sets it up
 
 Usage::
 
-    python benchmarks/study.py                # Q6 at the paper's size: JSON, plot
-    python benchmarks/study.py --quick        # tiny, for the tests (~25 s CPU)
+    python benchmarks/study.py                  # Q1 and Q6 at full size: JSON, plots
+    python benchmarks/study.py --questions q1   # one question
+    python benchmarks/study.py --quick          # tiny, for the tests (~45 s CPU)
 
-Defaults write ``benchmarks/results/study-q6-<date>.json`` and ``benchmarks/out/study_q6.png``
-(``--out``, ``--png``); ``--quick`` writes nothing unless asked. The JSON is also printed.
+Defaults write ``benchmarks/results/study-<q>-<date>.json`` (one per question, each with the
+run's command and environment) and ``benchmarks/out/study_<q>.png``; ``--out`` writes one JSON
+holding every question asked, ``--png`` / ``--png-q1`` the plots. ``--quick`` writes nothing
+unless asked. The JSON is also printed.
 """
 
 from __future__ import annotations
@@ -335,7 +340,7 @@ def plot_q6(report: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    q = report["q6"]
+    q = report
     colors = {"sgd": "#d95f02", "vanilla_es": "#1b9e77", "guided_es": "#7570b3"}
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     T = q["budget"]["guided_es_iterations"]
@@ -379,19 +384,21 @@ def _version(name: str) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a tiny problem, for the tests")
-    parser.add_argument("--questions", nargs="+", default=["q6"], choices=["q6"])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--iterations", type=int, default=None, help="Guided ES iterations T")
-    parser.add_argument("--bias", type=float, default=1.0, help="bias norm, in units of |g|")
-    parser.add_argument("--noise", type=float, default=0.5, help="noise norm, in units of |g|")
-    parser.add_argument("--out", default=None, help="JSON path")
-    parser.add_argument("--png", default=None, help="plot path")
+    parser.add_argument("--questions", nargs="+", default=["q1", "q6"], choices=["q1", "q6"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="Q6")
+    parser.add_argument("--iterations", type=int, default=None, help="Q6: Guided ES iterations T")
+    parser.add_argument("--bias", type=float, default=1.0, help="Q6: bias norm, units of |g|")
+    parser.add_argument("--noise", type=float, default=0.5, help="Q6: noise norm, units of |g|")
+    parser.add_argument("--q1-seeds", type=int, nargs="+", default=None, help="Q1 seeds")
+    parser.add_argument("--q1-hidden", type=int, nargs="+", default=None, help="Q1 widths h")
+    parser.add_argument(
+        "--q1-methods", nargs="+", default=None, choices=["adam", "open_es", "lowrank_es"]
+    )
+    parser.add_argument("--out", default=None, help="one JSON path for every question asked")
+    parser.add_argument("--png", default=None, help="Q6 plot path")
+    parser.add_argument("--png-q1", default=None, help="Q1 plot path")
     args = parser.parse_args(argv)
     today = datetime.datetime.now(datetime.UTC)
-    out = args.out or (
-        None if args.quick else ROOT / f"benchmarks/results/study-q6-{today:%Y-%m-%d}.json"
-    )
-    png = args.png or (None if args.quick else ROOT / "benchmarks/out/study_q6.png")
     load_start = os.getloadavg()
     t0 = time.perf_counter()
     report: dict[str, Any] = {
@@ -400,8 +407,25 @@ def main(argv: list[str] | None = None) -> None:
         "command": "python benchmarks/study.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "date_utc": today.isoformat(timespec="seconds"),
         "quick": args.quick,
-        "q6": run_q6(args),
     }
+    questions = [q for q in ("q1", "q6") if q in args.questions]
+    pngs = {"q1": args.png_q1, "q6": args.png}
+    for q in questions:
+        t_q = time.perf_counter()
+        if q == "q1":
+            import study_q1  # here, not at the top: it imports this module's helpers
+
+            report["q1"] = study_q1.run_q1(args)  # records its own load at start and end
+        else:
+            q_load = [round(v, 2) for v in os.getloadavg()]
+            report["q6"] = run_q6(args)
+            report["q6"]["loadavg_start"] = q_load
+            report["q6"]["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
+        report[q]["wall_s"] = round(time.perf_counter() - t_q, 1)
+        png = pngs[q] or (None if args.quick else ROOT / f"benchmarks/out/study_{q}.png")
+        if png is not None:
+            (study_q1.plot_q1 if q == "q1" else plot_q6)(report[q], Path(png))
+            report[q]["png"] = os.path.relpath(Path(png).resolve(), ROOT)
     report["wall_s_total"] = round(time.perf_counter() - t0, 1)
     report["environment"] = {
         "loadavg_start": [round(v, 2) for v in load_start],
@@ -412,13 +436,16 @@ def main(argv: list[str] | None = None) -> None:
         "jax": jax.__version__,
         "evosax": _version("evosax"),
     }
-    if png is not None:
-        plot_q6(report, Path(png))
-        report["png"] = os.path.relpath(Path(png).resolve(), ROOT)
     text = json.dumps(report, indent=1)
-    if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(text + "\n")
+    if args.out is not None:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+    elif not args.quick:  # one file per question, each with the run's command and environment
+        for q in questions:
+            one = {k: v for k, v in report.items() if k not in questions or k == q}
+            path = ROOT / f"benchmarks/results/study-{q}-{today:%Y-%m-%d}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(one, indent=1) + "\n")
     print(text)
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).parent.parent
@@ -64,19 +65,102 @@ def test_sweep_quick_is_one_program_and_matches_sequential(tmp_path: Path) -> No
     assert row["sweep_s"] > 0 and row["sequential_s"] > 0 and row["ratio"] > 0
 
 
-def test_study_quick_q6_equal_budgets_and_every_contender_improves(tmp_path: Path) -> None:
-    out, png = tmp_path / "study.json", tmp_path / "study.png"
+def _check_png(path: Path) -> None:
+    head = path.read_bytes()[:24]  # a PNG whose header (IHDR) gives a figure-sized image
+    assert head[:8] == b"\x89PNG\r\n\x1a\n", head
+    width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    assert width >= 400 and height >= 200, (width, height)
+
+
+def _check_q1(q1: dict) -> None:
+    """Q1's quick run: equal tuning budgets, a choice made by the recorded rule, per-seed
+    values for every seed, FLOPs that follow from the recorded steps and the stated formula."""
+    seeds, task = q1["seeds"], q1["task"]
+    P, B = task["population"], task["batch"]
+    assert len(q1["sizes"]) == 2 and q1["sizes"][0]["D"] < q1["sizes"][1]["D"]
+    assert len(q1["loadavg_start"]) == 3 and len(q1["loadavg_end"]) == 3
+    grid_sizes = set()
+    for size in q1["sizes"]:
+        h, num_weights = size["hidden"], size["D"]
+        assert num_weights == h * h + 76 * h + 10  # MLP 64-h-h-10 with biases
+        matrices = 64 * h + h * h + 10 * h
+        assert set(size["methods"]) == {"adam", "open_es", "lowrank_es"}
+        expected = {
+            "adam": 3 * 2 * B * matrices,
+            "open_es": P * 2 * B * matrices,
+            "lowrank_es": 2 * B * 64 * h
+            + P * (2 * B * (h * h + 10 * h) + 2 * B * (64 + h + h + h + h + 10)),
+        }
+        for name, row in size["methods"].items():
+            assert row["flops_per_step"] == expected[name], name
+            assert (
+                row["flops_per_step_upper_bound"] == expected[name if name == "adam" else "open_es"]
+            )
+            grid = row["grid"]
+            grid_sizes.add(len(grid))
+            assert len(row["validation_median_flops_to_target"]) == len(grid)
+            assert row["chosen"] in grid
+            # The chosen setting has the smallest median FLOPs to target on validation.
+            medians = [np.inf if v is None else v for v in row["validation_median_flops_to_target"]]
+            assert medians[grid.index(row["chosen"])] == min(medians)
+            steps = row["steps_to_target_per_seed"]
+            for key in (
+                "flops_to_target_per_seed",
+                "wall_s_to_target_per_seed",
+                "test_accuracy_at_target_per_seed",
+            ):
+                assert len(row[key]) == len(seeds), key
+            every, stop = q1["check_every"][name], row["stopped_at_step"]
+            assert len(steps) == len(seeds) and stop <= row["cap"] == q1["caps"][name]
+            for s, f, w, a in zip(
+                steps,
+                row["flops_to_target_per_seed"],
+                row["wall_s_to_target_per_seed"],
+                row["test_accuracy_at_target_per_seed"],
+                strict=True,
+            ):
+                if s is None:
+                    assert f is None and w is None and a is None
+                else:
+                    assert s % every == 0 and every <= s <= stop
+                    assert f == pytest.approx(s * row["flops_per_step"], rel=1e-3)
+                    # a test accuracy measured on the 360 test images
+                    assert round(a * 360) == pytest.approx(a * 360, abs=0.2)
+            reached = [s for s in steps if s is not None]
+            assert row["success_rate"] == len(reached) / len(seeds)
+            if len(reached) == len(seeds):
+                assert row["steps_to_target_median"] == np.median(reached)
+                med = row["flops_to_target_median"]
+                assert med == pytest.approx(np.median(reached) * row["flops_per_step"], rel=1e-3)
+                lo, hi = row["flops_to_target_ci95"]
+                assert lo <= med <= hi
+        # Gradient descent reaches the (quick) target on every seed at both sizes.
+        assert size["methods"]["adam"]["success_rate"] == 1.0
+    assert len(grid_sizes) == 1  # the same number of configurations for every contender
+    for name, fit in q1["fits"].items():
+        pts = [(r["D"], r["methods"][name]["flops_to_target_median"]) for r in q1["sizes"]]
+        pts = [(d, f) for d, f in pts if f is not None]
+        assert fit["sizes_used"] == [d for d, _ in pts]
+        if len(pts) >= 2:
+            b = np.polyfit(np.log10([d for d, _ in pts]), np.log10([f for _, f in pts]), 1)[0]
+            assert fit["exponent_b"] == pytest.approx(b, abs=1e-3)
+    assert "exponent_b" in q1["fits"]["adam"]
+
+
+def test_study_quick_q1_and_q6_equal_budgets_and_every_contender_improves(
+    tmp_path: Path,
+) -> None:
+    out, png, png_q1 = tmp_path / "study.json", tmp_path / "study.png", tmp_path / "q1.png"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "study.py"), "--quick"]
-    cmd += ["--out", str(out), "--png", str(png)]
+    cmd += ["--out", str(out), "--png", str(png), "--png-q1", str(png_q1)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(out.read_text())
     assert json.loads(proc.stdout[proc.stdout.index("{\n") :]) == report
     assert report["quick"] is True
-    head = png.read_bytes()[:24]  # a PNG whose header (IHDR) gives a figure-sized image
-    assert head[:8] == b"\x89PNG\r\n\x1a\n", head
-    width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
-    assert width >= 400 and height >= 200, (width, height)
+    _check_png(png)
+    _check_png(png_q1)
+    _check_q1(report["q1"])
     q6, budget = report["q6"], report["q6"]["budget"]
     assert set(q6["contenders"]) == {"sgd", "vanilla_es", "guided_es"}
     assert len(q6["seeds"]) >= 5
