@@ -155,14 +155,16 @@ def _bind(eqn: Any, ins: Sequence[Value]) -> list[Value]:
     ins = [_plain(x) for x in ins]
     prim = eqn.primitive
     # Call-like primitives (custom_jvp_call, ...) are bound with other params than their
-    # equations hold (what jax.core.eval_jaxpr does).
-    params = prim.get_bind_params(eqn.params)
+    # equations hold, as jax.core.eval_jaxpr binds them; older JAX (0.7.1, our floor) also
+    # hands back inner functions to pass first, as ``(subfuns, params)``.
+    bind = prim.get_bind_params(eqn.params)
+    subfuns, params = bind if isinstance(bind, tuple) else ((), bind)
     vals = [x.value for x in ins]
     if all(isinstance(x, Shared) for x in ins):
-        out = prim.bind(*vals, **params)
+        out = prim.bind(*subfuns, *vals, **params)
         return [Shared(o) for o in out] if prim.multiple_results else [Shared(out)]
     axes = [0 if isinstance(x, Batched) else None for x in ins]
-    out = jax.vmap(lambda *a: prim.bind(*a, **params), in_axes=axes)(*vals)
+    out = jax.vmap(lambda *a: prim.bind(*subfuns, *a, **params), in_axes=axes)(*vals)
     return [Batched(o) for o in out] if prim.multiple_results else [Batched(out)]
 
 
