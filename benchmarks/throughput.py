@@ -77,6 +77,21 @@ def _wall(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - t0
 
 
+class ChunkTimer:
+    """An ``Evolution``'s compiled chunk of ``generations`` generations (what ``run`` calls),
+    compiled ahead of time and warmed up; each call runs one more chunk on its own state."""
+
+    def __init__(self, evo: Evolution, seed: int, generations: int):
+        self.state = evo.init(jax.random.key(seed))
+        self.chunk, self.compile_s = evo.compile(self.state, generations)
+        self.num_active = jnp.int32(generations)
+        jax.block_until_ready(self())  # warm-up
+
+    def __call__(self) -> Any:
+        self.state, metrics = self.chunk(self.state, self.num_active)
+        return self.state, metrics
+
+
 def _per_call(fn: Callable[[], Any], calls: int) -> float:
     """Seconds per call of ``fn`` over ``calls`` back-to-back calls."""
     t0 = time.perf_counter()
@@ -207,26 +222,17 @@ def main() -> None:
         learning_rate=LEARNING_RATE,
     )
     D = evo.network.num_params
-    state = evo.init(jax.random.key(args.seed))
-    chunk, engine_compile_s = evo.compile(state, N)
-    num_active = jnp.int32(N)
-    state, _ = chunk(state, num_active)  # warm-up
-    jax.block_until_ready(state)
-
-    def engine_chunk():
-        nonlocal state
-        state, metrics = chunk(state, num_active)
-        return state, metrics
+    engine_chunk = ChunkTimer(evo, args.seed, N)
+    engine_compile_s = engine_chunk.compile_s
 
     def engine_run():
-        nonlocal state
-        state, _ = evo.run(state, N, chunk_size=N)
-        return state
+        engine_chunk.state, _ = evo.run(engine_chunk.state, N, chunk_size=N)
+        return engine_chunk.state
 
     # -- the same engine on a user's own NNX MLP (nnx.Sequential of the same shape) -----------
     # with the population forward every model gets (Network.population_apply) and with vmap of
     # the member forward (what a user's model ran on before it), both on the same minibatches.
-    def user_chunk(population_forward: bool) -> Callable[[], Any]:
+    def user_chunk(population_forward: bool) -> ChunkTimer:
         rngs = nnx.Rngs(args.seed)
         layers: list[Any] = []
         for i, (a, b) in enumerate(itertools.pairwise(widths)):
@@ -241,17 +247,7 @@ def main() -> None:
             std=STD,
             learning_rate=LEARNING_RATE,
         )
-        ustate = user.init(jax.random.key(args.seed))
-        uchunk, _ = user.compile(ustate, N)
-        ustate, _ = uchunk(ustate, num_active)  # warm-up
-        jax.block_until_ready(ustate)
-
-        def run_chunk():
-            nonlocal ustate
-            ustate, metrics = uchunk(ustate, num_active)
-            return ustate, metrics
-
-        return run_chunk
+        return ChunkTimer(user, args.seed, N)
 
     user_model_chunk, user_model_vmap_chunk = user_chunk(True), user_chunk(False)
 
