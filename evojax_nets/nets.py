@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -102,7 +103,16 @@ class Network:
             return self._population_apply(thetas, *inputs)
         from evojax_nets.lowrank.fullrank import population_forward  # lowrank imports nets
 
-        return population_forward(self, thetas, *inputs)
+        try:
+            return population_forward(self, thetas, *inputs)
+        except Exception as err:  # a model the rewrite cannot trace: vmap, which always can
+            warnings.warn(
+                "the population forward could not rewrite this model's forward pass "
+                f"({type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}); using vmap "
+                "of the member forward (Supervised(..., population_forward=False) skips it)",
+                stacklevel=2,
+            )
+            return jax.vmap(self.apply, in_axes=(0,) + (None,) * len(inputs))(thetas, *inputs)
 
     def apply_member(self, member: Member, *inputs: Any) -> Any:
         """Run an already rebuilt member (see :meth:`member`) on ``inputs``."""

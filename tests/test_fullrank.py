@@ -119,3 +119,18 @@ def test_population_groups_cover_the_population(size, groups, expected):
     assert bounds[0][0] == 0 and bounds[-1][1] == size
     assert all(hi == lo2 for (_, hi), (lo2, _) in itertools.pairwise(bounds))
     assert all(hi > lo for lo, hi in bounds)
+
+
+def test_a_model_the_rewrite_cannot_trace_falls_back_to_vmap_with_a_warning(monkeypatch):
+    import evojax_nets.lowrank.fullrank as fullrank
+
+    def broken(*args, **kwargs):
+        raise NotImplementedError("no rule for this primitive")
+
+    monkeypatch.setattr(fullrank, "population_forward", broken)
+    net = from_nnx(_user_mlp())
+    x = jnp.ones((5, 6))
+    thetas = net.theta0[None] + jnp.arange(3.0)[:, None] * 0.1
+    with pytest.warns(UserWarning, match="no rule for this primitive.*using vmap"):
+        out = net.population_apply(thetas, x)
+    np.testing.assert_array_equal(out, jax.vmap(net.apply, in_axes=(0, None))(thetas, x))
