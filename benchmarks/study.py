@@ -394,6 +394,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--q1-methods", nargs="+", default=None, choices=["adam", "open_es", "lowrank_es"]
     )
+    parser.add_argument(
+        "--q1-lrs", type=float, nargs="+", default=None, help="Q1: these rates, every method"
+    )
     parser.add_argument("--out", default=None, help="one JSON path for every question asked")
     parser.add_argument("--png", default=None, help="Q6 plot path")
     parser.add_argument("--png-q1", default=None, help="Q1 plot path")

@@ -317,7 +317,8 @@ def run_q1(args: argparse.Namespace) -> dict[str, Any]:
             network = as_network(model)
             row["D"] = network.num_params
             test_fn = test_fns.setdefault(h, accuracy_fn(network, x_te, y_te))
-            grid, cap, every = GRIDS[method], cfg["caps"][method], cfg["every"][method]
+            grid = list(args.q1_lrs) if args.q1_lrs else GRIDS[method]  # a sensitivity check
+            cap, every = cfg["caps"][method], cfg["every"][method]
             common = (grid, seeds, cap, every, target, test_fn)
             if method == "adam":
                 tracker, wall = run_adam(network, task, (x_val, y_val), *common)
