@@ -109,14 +109,14 @@ def load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def mlp(widths: tuple[int, ...], seed: int = 0) -> nnx.Module:
-    """The MLP a user would write: Linear layers with ReLU between them."""
+def mlp(widths: tuple[int, ...], seed: int = 0, activation: Any = nnx.relu) -> nnx.Module:
+    """The MLP a user would write: Linear layers with ``activation`` (ReLU) between them."""
     rngs = nnx.Rngs(seed)
     layers: list[Any] = []
     for i, (a, b) in enumerate(itertools.pairwise(widths)):
         layers.append(nnx.Linear(a, b, rngs=rngs))
         if i < len(widths) - 2:
-            layers.append(nnx.relu)
+            layers.append(activation)
     return nnx.Sequential(*layers)
 
 

@@ -415,15 +415,15 @@ def main(argv: list[str] | None = None) -> None:
     pngs = {"q1": args.png_q1, "q6": args.png}
     for q in questions:
         t_q = time.perf_counter()
+        q_load = [round(v, 2) for v in os.getloadavg()]
         if q == "q1":
             import study_q1  # here, not at the top: it imports this module's helpers
 
-            report["q1"] = study_q1.run_q1(args)  # records its own load at start and end
+            report["q1"] = study_q1.run_q1(args)
         else:
-            q_load = [round(v, 2) for v in os.getloadavg()]
             report["q6"] = run_q6(args)
-            report["q6"]["loadavg_start"] = q_load
-            report["q6"]["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
+        report[q]["loadavg_start"] = q_load
+        report[q]["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
         report[q]["wall_s"] = round(time.perf_counter() - t_q, 1)
         png = pngs[q] or (None if args.quick else ROOT / f"benchmarks/out/study_{q}.png")
         if png is not None:

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -54,6 +53,7 @@ from flax import nnx
 from study import _fmt, bootstrap_median
 
 from evojax_nets import Callback, Evolution
+from evojax_nets.losses import accuracy
 from evojax_nets.models import MLP
 from evojax_nets.nets import as_network
 from evojax_nets.tasks import Supervised
@@ -166,10 +166,7 @@ class _SweepCallback(Callback):
 
 
 def accuracy_fn(network, x, y):
-    def acc(theta):
-        return jnp.mean(jnp.argmax(network.apply(theta, x), -1) == y)
-
-    return jax.jit(jax.vmap(acc))
+    return jax.jit(jax.vmap(lambda theta: accuracy(network.apply(theta, x), y)))
 
 
 def run_es(evo, grid, seeds, cap, every, target, test_fn) -> tuple[Tracker, dict]:
@@ -306,7 +303,6 @@ def run_q1(args: argparse.Namespace) -> dict[str, Any]:
             "compilation excluded; batched run time up to the check where a run reached the "
             "target, divided by the configurations in the batch"
         ),
-        "loadavg_start": [round(v, 2) for v in os.getloadavg()],
         "sizes": [],
     }
     test_fns: dict[int, Any] = {}
@@ -356,7 +352,6 @@ def run_q1(args: argparse.Namespace) -> dict[str, Any]:
             b, a = np.polyfit(np.log10([d for d, _ in pts]), np.log10([f for _, f in pts]), 1)
             fit.update({"exponent_b": round(float(b), 3), "intercept_a": round(float(a), 3)})
         report["fits"][method] = fit
-    report["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
     return report
 
 
@@ -391,9 +386,11 @@ def plot_q1(q: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("D, number of weights (MLP 64-h-h-10)")
     ax.set_ylabel("FLOPs to validation accuracy >= target (median, 95% CI)")
     t = q["task"]
+    grids = {len(m["grid"]) for r in q["sizes"] for m in r["methods"].values()}
+    settings = "/".join(str(n) for n in sorted(grids))
     ax.set_title(
         f"Q1: digits, target {t['target_validation_accuracy']}, {len(q['seeds'])} seeds, "
-        f"3 learning rates each"
+        f"{settings} learning rates each"
     )
     ax.grid(alpha=0.3, which="both")
     ax.legend()

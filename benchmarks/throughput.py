@@ -58,6 +58,7 @@ import optax
 from evosax.algorithms import Open_ES
 from flax import nnx
 from jax.flatten_util import ravel_pytree
+from lowrank import mlp as user_mlp  # benchmarks/lowrank.py: the MLP a user would write
 
 from evojax_nets import Evolution
 from evojax_nets.models import MLP
@@ -233,14 +234,8 @@ def main() -> None:
     # with the population forward every model gets (Network.population_apply) and with vmap of
     # the member forward (what a user's model ran on before it), both on the same minibatches.
     def user_chunk(population_forward: bool) -> ChunkTimer:
-        rngs = nnx.Rngs(args.seed)
-        layers: list[Any] = []
-        for i, (a, b) in enumerate(itertools.pairwise(widths)):
-            layers.append(nnx.Linear(a, b, rngs=rngs))
-            if i < len(widths) - 2:
-                layers.append(nnx.tanh)
         user = Evolution(
-            nnx.Sequential(*layers),
+            user_mlp(tuple(widths), args.seed, activation=nnx.tanh),
             Supervised.from_dataset(data, batch_size=B, population_forward=population_forward),
             "open_es",
             P,

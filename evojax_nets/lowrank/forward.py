@@ -29,6 +29,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.extend.core import Literal
 
@@ -96,14 +97,7 @@ class Permuted:
         return tuple(stored[self.perm.index(i)] for i in range(len(stored)))
 
     def materialize(self) -> Batched:
-        return Batched(jnp.transpose(self.value, tuple(int(i) for i in _inverse(self.perm))))
-
-
-def _inverse(perm: Sequence[int]) -> list[int]:
-    out = [0] * len(perm)
-    for stored, logical in enumerate(perm):
-        out[logical] = stored
-    return out
+        return Batched(jnp.transpose(self.value, tuple(int(i) for i in np.argsort(self.perm))))
 
 
 class PopulationGenome:
