@@ -381,25 +381,46 @@ def _version(name: str) -> str:
         return "unknown"
 
 
+# The questions, in the order they run. Q6 lives here; every other question is a module
+# ``benchmarks/study_<q>.py`` with ``add_arguments(parser)``, ``run(args) -> dict`` (its JSON
+# section) and ``plot(report, path)``; its flags are prefixed ``--<q>-``.
+QUESTIONS = ("q1", "q2", "q3", "q4", "q5", "q6")
+
+
+def _question(q: str) -> Any:
+    """The module of question ``q`` (imported here, not at the top: each imports this one's
+    helpers), or ``None`` for Q6 and for a question whose module is not written yet."""
+    import importlib
+
+    if q == "q6":
+        return None
+    try:
+        return importlib.import_module(f"study_{q}")
+    except ModuleNotFoundError as err:
+        if err.name != f"study_{q}":
+            raise
+        return None
+
+
+def available_questions() -> list[str]:
+    return [q for q in QUESTIONS if q == "q6" or _question(q) is not None]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a tiny problem, for the tests")
-    parser.add_argument("--questions", nargs="+", default=["q1", "q6"], choices=["q1", "q6"])
+    available = available_questions()
+    parser.add_argument("--questions", nargs="+", default=available, choices=available)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="Q6")
     parser.add_argument("--iterations", type=int, default=None, help="Q6: Guided ES iterations T")
     parser.add_argument("--bias", type=float, default=1.0, help="Q6: bias norm, units of |g|")
     parser.add_argument("--noise", type=float, default=0.5, help="Q6: noise norm, units of |g|")
-    parser.add_argument("--q1-seeds", type=int, nargs="+", default=None, help="Q1 seeds")
-    parser.add_argument("--q1-hidden", type=int, nargs="+", default=None, help="Q1 widths h")
-    parser.add_argument(
-        "--q1-methods", nargs="+", default=None, choices=["adam", "open_es", "lowrank_es"]
-    )
-    parser.add_argument(
-        "--q1-lrs", type=float, nargs="+", default=None, help="Q1: these rates, every method"
-    )
     parser.add_argument("--out", default=None, help="one JSON path for every question asked")
     parser.add_argument("--png", default=None, help="Q6 plot path")
-    parser.add_argument("--png-q1", default=None, help="Q1 plot path")
+    for q in available:
+        if q != "q6":
+            _question(q).add_arguments(parser)
+            parser.add_argument(f"--png-{q}", default=None, help=f"{q.upper()} plot path")
     args = parser.parse_args(argv)
     today = datetime.datetime.now(datetime.UTC)
     load_start = os.getloadavg()
@@ -411,23 +432,20 @@ def main(argv: list[str] | None = None) -> None:
         "date_utc": today.isoformat(timespec="seconds"),
         "quick": args.quick,
     }
-    questions = [q for q in ("q1", "q6") if q in args.questions]
-    pngs = {"q1": args.png_q1, "q6": args.png}
+    questions = [q for q in QUESTIONS if q in args.questions]
+    pngs = {q: getattr(args, f"png_{q}", None) for q in questions}
+    pngs["q6"] = args.png
     for q in questions:
         t_q = time.perf_counter()
         q_load = [round(v, 2) for v in os.getloadavg()]
-        if q == "q1":
-            import study_q1  # here, not at the top: it imports this module's helpers
-
-            report["q1"] = study_q1.run_q1(args)
-        else:
-            report["q6"] = run_q6(args)
+        module = _question(q)
+        report[q] = run_q6(args) if module is None else module.run(args)
         report[q]["loadavg_start"] = q_load
         report[q]["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
         report[q]["wall_s"] = round(time.perf_counter() - t_q, 1)
         png = pngs[q] or (None if args.quick else ROOT / f"benchmarks/out/study_{q}.png")
         if png is not None:
-            (study_q1.plot_q1 if q == "q1" else plot_q6)(report[q], Path(png))
+            (plot_q6 if module is None else module.plot)(report[q], Path(png))
             report[q]["png"] = os.path.relpath(Path(png).resolve(), ROOT)
     report["wall_s_total"] = round(time.perf_counter() - t0, 1)
     report["environment"] = {

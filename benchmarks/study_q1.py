@@ -265,7 +265,16 @@ def summarise(tracker: Tracker, grid, seeds, flops: float, cap: int) -> dict[str
     }
 
 
-def run_q1(args: argparse.Namespace) -> dict[str, Any]:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--q1-seeds", type=int, nargs="+", default=None, help="Q1 seeds")
+    parser.add_argument("--q1-hidden", type=int, nargs="+", default=None, help="Q1 widths h")
+    parser.add_argument("--q1-methods", nargs="+", default=None, choices=list(METHODS))
+    parser.add_argument(
+        "--q1-lrs", type=float, nargs="+", default=None, help="Q1: these rates, every method"
+    )
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
     cfg = SETS["quick" if args.quick else "full"]
     P, B, target = cfg["population"], cfg["batch"], cfg["target"]
     seeds = cfg["seeds"] if args.q1_seeds is None else args.q1_seeds
@@ -355,7 +364,7 @@ def run_q1(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
-def plot_q1(q: dict[str, Any], path: Path) -> None:
+def plot(q: dict[str, Any], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")

@@ -152,6 +152,7 @@ def test_study_quick_q1_and_q6_equal_budgets_and_every_contender_improves(
 ) -> None:
     out, png, png_q1 = tmp_path / "study.json", tmp_path / "study.png", tmp_path / "q1.png"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "study.py"), "--quick"]
+    cmd += ["--questions", "q1", "q6"]
     cmd += ["--out", str(out), "--png", str(png), "--png-q1", str(png_q1)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
