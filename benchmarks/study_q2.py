@@ -1,0 +1,505 @@
+"""Q2 of ``benchmarks/ANSWER.md``: where evolution wins and loses in RL, against PPO.
+
+Run through ``benchmarks/study.py --questions q2``; this module holds the question's code.
+
+* Environments (gymnax): **CartPole-v1** (threshold: a mean evaluation return of 500) and
+  **MountainCarContinuous-v0** (threshold 90, the classic "solved" level). MinAtar Breakout is
+  not run: PPO needs millions of steps there, beyond this study's CPU budget (see ANSWER.md).
+* The gradient baseline is **PPO from rejax** (``rejax.get_algo("ppo")``), not written here,
+  with rejax's own published configuration for each environment (its repository's
+  ``configs/gymnax/cartpole.yaml`` and ``continuous_mountaincar.yaml``, copied as numbers into
+  ``PPO_CONFIGS``). rejax 0.1.3 reads gymnax's older step signature (a 5-tuple with one
+  ``done``); :class:`FiveTuple` adapts gymnax >= 1.0's ``(terminated, truncated)`` to it.
+* Contenders and their tuning, the same number of configurations (3) each: PPO's learning rate
+  (rejax's value x 1/3, 1, 3); OpenAI-ES (``"open_es"``, population 256, std 0.1, learning
+  rate 0.01 / 0.03 / 0.1); on MountainCar also the elitist GA (``"ga"``, population 256,
+  mutation std 0.03 / 0.1 / 0.3). Every method trains the **same policy network**: rejax's
+  default actor, an MLP with two hidden layers of 64 (tanh on CartPole, relu on MountainCar,
+  as rejax's configurations choose); the ES evolve ``policies.MLPPolicy`` of that shape
+  (PPO also trains a critic of the same size).
+* Choosing: each configuration runs on two **tuning seeds** (100, 101); the one with the
+  highest median final evaluation return is chosen (ties: the earlier median time to the
+  threshold) and run again on five fresh **report seeds** (0-4); only those are reported. RL
+  has no held-out split; fresh seeds play its part.
+* Equal compute, measured as **CPU seconds per run**: every method gets the same budget of
+  process CPU time per run (``--q2-budget``, per environment), which is robust to other jobs on
+  this shared machine in a way wall time is not; wall seconds are recorded next to it. The
+  runs of one method run batched (``Evolution.sweep`` for the ES, ``jit(vmap(...))`` of
+  rejax's train for PPO, 5 report seeds each), and a run's share is the batch's time divided by
+  its size. Compilation is excluded (and recorded). Training is run in chunks; after each
+  chunk the solution (the ES mean / the GA's best member / PPO's actor) is evaluated on 16
+  fresh episodes with deterministic actions (argmax of the logits, or the action mean clipped
+  to the box for PPO; the library's tanh squashing for the ES). PPO's evaluation runs apart
+  and is not counted in its time; the ES's (inside the library's chunk) is, at under 1% of
+  its work.
+* Steps are environment steps actually simulated for training: PPO's ``global_step``
+  (``num_envs x num_steps`` per iteration), the ES's observation count (every member's episode
+  up to its end; ended episodes are not simulated further). Evaluation episodes are not
+  counted for either.
+* Reported per method and environment: the final evaluation return (median over report seeds
+  with a bootstrap 95% interval), how many seeds reached the threshold, and the median steps,
+  CPU seconds and wall seconds to the first evaluation at or above it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from study import _fmt, bootstrap_median
+
+METHODS = ("ppo", "open_es", "ga")
+LABELS = {"ppo": "PPO (rejax)", "open_es": "OpenAI-ES", "ga": "elitist GA"}
+# rejax's published PPO configurations (github.com/keraJLi/rejax, configs/gymnax/*.yaml).
+PPO_CONFIGS: dict[str, dict[str, Any]] = {
+    "CartPole-v1": {
+        "agent_kwargs": {"activation": "tanh"},
+        "num_envs": 5,
+        "num_steps": 100,
+        "num_epochs": 5,
+        "num_minibatches": 5,
+        "learning_rate": 0.00075,
+        "max_grad_norm": 0.5,
+        "gamma": 0.99,
+        "gae_lambda": 0.95,
+        "clip_eps": 0.2,
+        "ent_coef": 0.01,
+        "vf_coef": 0.5,
+    },
+    "MountainCarContinuous-v0": {
+        "agent_kwargs": {"activation": "relu"},
+        "num_envs": 5,
+        "num_steps": 100,
+        "num_epochs": 10,
+        "num_minibatches": 10,
+        "learning_rate": 0.0003,
+        "max_grad_norm": 10.0,
+        "gamma": 0.9,
+        "gae_lambda": 0.95,
+        "clip_eps": 0.2,
+        "ent_coef": 0.0,
+        "vf_coef": 0.5,
+    },
+}
+ENVS: dict[str, dict[str, Any]] = {
+    "CartPole-v1": {
+        "threshold": 500.0,
+        "methods": ("ppo", "open_es"),
+        "budget_cpu_s": 10.0,
+        "ppo_chunk_steps": 5_000,
+        "es_chunk_generations": 2,
+        "published": "OpenAI-ES first reaches 500 after about 42M steps, PPO after about 96k "
+        "(as issue 15 cites them)",
+    },
+    "MountainCarContinuous-v0": {
+        "threshold": 90.0,
+        "methods": ("ppo", "open_es", "ga"),
+        "budget_cpu_s": 20.0,
+        "ppo_chunk_steps": 10_000,
+        "es_chunk_generations": 2,
+        "published": "a GA reaches 97 where PPO stays near 0 (gymnax-blines, as issue 15 cites it)",
+    },
+}
+QUICK = {"envs": ("CartPole-v1",), "budget_cpu_s": 1.0, "hidden": (8,), "population": 16}
+GRID_FACTORS = (1 / 3, 1.0, 3.0)
+ES_GRIDS = {"open_es": ("learning_rate", [0.01, 0.03, 0.1]), "ga": ("std", [0.03, 0.1, 0.3])}
+TUNE_SEEDS, REPORT_SEEDS = [100, 101], [0, 1, 2, 3, 4]
+EVAL_EPISODES, EVAL_SEED = 16, 4321
+
+
+class _Budget(Exception):
+    """Raised by the ES callback once the per-run CPU budget is spent."""
+
+
+class Clock:
+    """Per-run shares of a batch's CPU and wall time, host bookkeeping between chunks
+    excluded (``pause`` / ``resume`` around it)."""
+
+    def __init__(self, size: int):
+        self.size, self.cpu, self.wall = size, 0.0, 0.0
+        self.resume()
+
+    def resume(self) -> None:
+        self._c, self._w = time.process_time(), time.perf_counter()
+
+    def pause(self) -> None:
+        self.cpu += (time.process_time() - self._c) / self.size
+        self.wall += (time.perf_counter() - self._w) / self.size
+
+
+def _curve_point(steps, returns, clock: Clock) -> dict[str, Any]:
+    return {
+        "steps": [int(s) for s in np.asarray(steps)],
+        "eval_return": [round(float(r), 2) for r in np.asarray(returns)],
+        "cpu_s": round(clock.cpu, 3),
+        "wall_s": round(clock.wall, 3),
+    }
+
+
+# -- PPO (rejax) ------------------------------------------------------------------------------
+
+
+def _five_tuple(genv):
+    from gymnax.environments import environment
+
+    class FiveTuple(environment.Environment):
+        """gymnax >= 1.0's environment as rejax 0.1.3 reads it: ``step`` returns
+        ``(obs, state, reward, done, info)``, ``done`` = terminated or truncated (gymnax
+        0.0.x's contract). Everything else is the wrapped environment's."""
+
+        def __init__(self, env):
+            super().__init__()
+            self.env = env
+
+        @property
+        def default_params(self):
+            return self.env.default_params
+
+        def step(self, key, state, action, params=None):
+            obs, state, reward, terminated, truncated, info = self.env.step(
+                key, state, action, params
+            )
+            return obs, state, reward, jnp.logical_or(terminated, truncated), info
+
+        def reset(self, key, params=None):
+            return self.env.reset(key, params)
+
+        def action_space(self, params=None):
+            return self.env.action_space(params)
+
+        def observation_space(self, params):
+            return self.env.observation_space(params)
+
+        @property
+        def name(self):
+            return self.env.name
+
+        @property
+        def num_actions(self):
+            return self.env.num_actions
+
+    return FiveTuple(genv)
+
+
+def run_ppo(env_name: str, lr: float, seeds: list[int], spec: dict, quick: bool) -> dict:
+    """PPO from rejax's configuration at learning rate ``lr``, one run per seed, batched;
+    chunks of ``spec['ppo_chunk_steps']`` steps until the per-run CPU budget is spent."""
+    import gymnax
+    from rejax import get_algo
+
+    from evojax_nets.tasks.rl import make_env
+    from evojax_nets.tasks.rl.episodes import run_episodes
+
+    genv, env_params = gymnax.make(env_name)
+    config = dict(PPO_CONFIGS[env_name], learning_rate=lr)
+    if quick:
+        config.update(num_envs=2, num_steps=16, num_epochs=1, num_minibatches=1)
+        config["agent_kwargs"] = dict(config["agent_kwargs"], hidden_layer_sizes=QUICK["hidden"])
+    chunk = spec["ppo_chunk_steps"] if not quick else 512
+    algo = get_algo("ppo").create(
+        env=_five_tuple(genv),
+        env_params=env_params,
+        total_timesteps=chunk,
+        eval_freq=chunk,
+        skip_initial_evaluation=True,
+        **config,
+    )
+    algo = algo.replace(eval_callback=lambda algo, ts, rng: ())  # evaluated apart, below
+    env = make_env(env_name)
+    discrete = env.discrete
+
+    def evaluate(ts, index):
+        def step(carry, obs):
+            dist = algo.actor.apply(
+                ts.actor_ts.params, obs[None], method=lambda m, o: m._action_dist(o)
+            )
+            out = dist.mode()[0]
+            return carry, out if discrete else jnp.clip(out, env.action_low, env.action_high)
+
+        key = jax.random.fold_in(jax.random.key(EVAL_SEED), index)
+        result = run_episodes(
+            env,
+            step,
+            (),
+            key,
+            None,
+            EVAL_EPISODES,
+            length=env.max_steps,
+            to_action=lambda out, _: out.astype(jnp.int32) if discrete else out,
+            obs_clip=None,
+        )
+        return jnp.mean(result.ret)
+
+    keys = jnp.stack([jax.random.PRNGKey(s) for s in seeds])
+    t0 = time.perf_counter()
+    states = jax.jit(jax.vmap(algo.init_state))(keys)
+    train = jax.jit(jax.vmap(lambda ts: algo.train(train_state=ts)[0])).lower(states).compile()
+    evaluate_all = jax.jit(jax.vmap(evaluate, in_axes=(0, None)))
+    evaluate_all(states, 0).block_until_ready()
+    compile_s = time.perf_counter() - t0
+    clock, curve, eval_cpu = Clock(len(seeds)), [], 0.0
+    budget = QUICK["budget_cpu_s"] if quick else spec["budget_cpu_s"]
+    index = 0
+    while clock.cpu < budget:
+        clock.resume()
+        states = jax.block_until_ready(train(states))
+        clock.pause()
+        index += 1
+        c0 = time.process_time()
+        returns = evaluate_all(states, index)
+        curve.append(_curve_point(states.global_step, returns, clock))
+        eval_cpu += time.process_time() - c0
+    return {"curve": curve, "compile_s": round(compile_s, 2), "eval_cpu_s": round(eval_cpu, 2)}
+
+
+# -- the library's ES and GA -----------------------------------------------------------------
+
+
+def make_evolution(env_name: str, method: str, quick: bool):
+    from flax import nnx
+
+    from evojax_nets import Evolution
+    from evojax_nets.policies import MLPPolicy
+    from evojax_nets.tasks.rl import RLTask
+
+    task = RLTask(env_name, eval_episodes=EVAL_EPISODES, eval_seed=EVAL_SEED)
+    act = PPO_CONFIGS[env_name]["agent_kwargs"]["activation"]
+    hidden = QUICK["hidden"] if quick else (64, 64)
+    policy = MLPPolicy(
+        task.obs_shape,
+        task.num_outputs,
+        hidden,
+        activation=getattr(jax.nn, act),
+        rngs=nnx.Rngs(0),
+    )
+    population = QUICK["population"] if quick else 256
+    kwargs = {"std": 0.1, "learning_rate": 0.03} if method == "open_es" else {"std": 0.1}
+    return Evolution(policy, task, method, population, **kwargs)
+
+
+def run_es(evo, method: str, values: list[float], seeds: list[int], spec: dict, quick: bool):
+    """Every seed x value of ``method``'s tuned setting as one ``Evolution.sweep``, stopped
+    once the per-run CPU budget is spent."""
+    from evojax_nets import Callback
+
+    setting = ES_GRIDS[method][0]
+    budget = QUICK["budget_cpu_s"] if quick else spec["budget_cpu_s"]
+    which = "test_return_best" if evo.strategy.population_based else "test_return_mean"
+    size = len(seeds) * len(values)
+
+    class Record(Callback):
+        def __init__(self):
+            self.clock, self.curve, self.compile_s = None, [], 0.0
+
+        def on_chunk(self, owner, state, rows):
+            if self.clock is None:  # the first chunk: its compilation is not run time
+                self.clock = Clock(size)
+                self.clock.cpu = self.clock.wall = 0.0
+                self.compile_s = rows[-1]["compile_time"]
+                self.first = rows[-1]
+            else:
+                self.clock.pause()
+            steps = np.asarray(state.task_state.obs_stats.count)
+            self.curve.append(_curve_point(steps, rows[-1][which], self.clock))
+            if self.clock.cpu >= budget:
+                raise _Budget
+            self.clock.resume()
+
+    # Compile (and run one chunk) first, so that every timed chunk is run time only.
+    warm = Record()
+    chunk = spec["es_chunk_generations"]
+    evo.sweep(seeds, chunk, chunk_size=chunk, callbacks=[warm], **{setting: values})
+    record = Record()
+    record.clock = Clock(size)
+    try:
+        result = evo.sweep(
+            seeds, 1_000_000, chunk_size=chunk, callbacks=[record], **{setting: values}
+        )
+        raise RuntimeError(f"{method} ran {len(result.histories[0].rows)} generations")
+    except _Budget:
+        pass
+    return {"curve": record.curve, "compile_s": round(warm.compile_s, 2)}
+
+
+# -- choosing and summarising -----------------------------------------------------------------
+
+
+def per_run(curve: list[dict], threshold: float) -> list[dict[str, Any]]:
+    """Each run's final return and its steps / CPU / wall seconds to the threshold."""
+    runs = []
+    for i in range(len(curve[0]["eval_return"])):
+        hit = next((p for p in curve if p["eval_return"][i] >= threshold), None)
+        runs.append(
+            {
+                "final_return": curve[-1]["eval_return"][i],
+                "best_return": max(p["eval_return"][i] for p in curve),
+                "steps_to_threshold": hit["steps"][i] if hit else None,
+                "cpu_s_to_threshold": hit["cpu_s"] if hit else None,
+                "wall_s_to_threshold": hit["wall_s"] if hit else None,
+                "final_steps": curve[-1]["steps"][i],
+            }
+        )
+    return runs
+
+
+def _median(values: list) -> float:
+    return float(np.median([np.inf if v is None else v for v in values]))
+
+
+def choose(runs_by_value: dict[float, list[dict]]) -> float:
+    """The value with the highest median final return over the tuning seeds; ties: the
+    earlier median CPU time to the threshold."""
+    return max(
+        runs_by_value,
+        key=lambda v: (
+            _median([r["final_return"] for r in runs_by_value[v]]),
+            -_median([r["cpu_s_to_threshold"] for r in runs_by_value[v]]),
+        ),
+    )
+
+
+def summarise(runs: list[dict], threshold: float) -> dict[str, Any]:
+    finals = np.array([r["final_return"] for r in runs])
+    reached = [r for r in runs if r["steps_to_threshold"] is not None]
+    out = {
+        "final_return_median": _fmt(float(np.median(finals))),
+        "final_return_ci95": [_fmt(v) for v in bootstrap_median(finals)],
+        "reached": f"{len(reached)}/{len(runs)}",
+    }
+    for key in ("steps_to_threshold", "cpu_s_to_threshold", "wall_s_to_threshold"):
+        med = _median([r[key] for r in runs])  # a run that never reached it counts as inf
+        out[f"{key}_median"] = None if not np.isfinite(med) else _fmt(med)
+    return out
+
+
+def run_method(env_name: str, method: str, spec: dict, quick: bool) -> dict[str, Any]:
+    threshold = spec["threshold"]
+    # --quick checks the pipeline, not the tuning: one configuration per method (every PPO
+    # learning rate is its own compilation, ~30 s each here), no tuning phase.
+    tune = [] if quick else TUNE_SEEDS
+    report = REPORT_SEEDS[:2] if quick else REPORT_SEEDS
+    if method == "ppo":
+        base = PPO_CONFIGS[env_name]["learning_rate"]
+        grid = [float(f"{base * f:.3g}") for f in GRID_FACTORS]
+        setting = "learning_rate"
+    else:
+        setting, grid = ES_GRIDS[method]
+    grid = grid[1:2] if quick else grid
+    runs_by_value: dict[float, list[dict]] = {v: [] for v in grid}
+    compile_s: list[float] = []
+    if tune and method == "ppo":
+        tuning = {v: run_ppo(env_name, v, tune, spec, quick) for v in grid}
+        runs_by_value = {v: per_run(t["curve"], threshold) for v, t in tuning.items()}
+        compile_s = [t["compile_s"] for t in tuning.values()]
+    elif tune:
+        tuned = run_es(make_evolution(env_name, method, quick), method, grid, tune, spec, quick)
+        # The sweep's order is seed-major: configuration c is (tune[c // G], grid[c % G]).
+        runs = per_run(tuned["curve"], threshold)
+        runs_by_value = {v: runs[i :: len(grid)] for i, v in enumerate(grid)}
+        compile_s = [tuned["compile_s"]]
+    chosen = choose(runs_by_value) if tune else grid[0]
+    if method == "ppo":
+        final = run_ppo(env_name, chosen, report, spec, quick)
+    else:
+        evo = make_evolution(env_name, method, quick)
+        final = run_es(evo, method, [chosen], report, spec, quick)
+    runs = per_run(final["curve"], threshold)
+    return {
+        "label": LABELS[method],
+        "setting": setting,
+        "grid": grid,
+        "tuning_median_final_return": [
+            _fmt(_median([r["final_return"] for r in runs_by_value[v]])) if tune else None
+            for v in grid
+        ],
+        "chosen": chosen,
+        "tuning_seeds": tune,
+        "report_seeds": report,
+        "runs": runs,
+        **summarise(runs, threshold),
+        "curve": final["curve"],
+        "compile_s": {"tuning": compile_s, "report": final["compile_s"]},
+        **({"eval_cpu_s_not_counted": final["eval_cpu_s"]} if method == "ppo" else {}),
+    }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--q2-envs", nargs="+", default=None, choices=list(ENVS))
+    parser.add_argument("--q2-methods", nargs="+", default=None, choices=list(METHODS))
+    parser.add_argument(
+        "--q2-budget", type=float, default=None, help="Q2: CPU seconds per run, every env"
+    )
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    quick = args.quick
+    envs = args.q2_envs or (QUICK["envs"] if quick else list(ENVS))
+    out: dict[str, Any] = {"design": __doc__.split("\n\n", 1)[1].strip(), "envs": {}}
+    for env_name in envs:
+        spec = dict(ENVS[env_name])
+        if args.q2_budget is not None:
+            spec["budget_cpu_s"] = args.q2_budget
+        methods = [m for m in spec["methods"] if args.q2_methods is None or m in args.q2_methods]
+        row: dict[str, Any] = {
+            "threshold": spec["threshold"],
+            "budget_cpu_s_per_run": QUICK["budget_cpu_s"] if quick else spec["budget_cpu_s"],
+            "published": spec["published"],
+            "ppo_config": PPO_CONFIGS[env_name],
+            "methods": {},
+        }
+        for method in methods:
+            load0 = [round(v, 2) for v in os.getloadavg()]
+            m = row["methods"][method] = run_method(env_name, method, spec, quick)
+            m["loadavg"] = [load0, [round(v, 2) for v in os.getloadavg()]]
+            print(
+                f"[q2] {env_name} {method}: chosen {m['setting']} {m['chosen']}, final return "
+                f"{m['final_return_median']} {m['final_return_ci95']}, reached {m['reached']}, "
+                f"load {load0[0]:.1f}",
+                file=sys.stderr,
+                flush=True,
+            )
+        out["envs"][env_name] = row
+    return out
+
+
+def plot(q: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"ppo": "#d95f02", "open_es": "#1b9e77", "ga": "#7570b3"}
+    envs = q["envs"]
+    fig, axes = plt.subplots(2, len(envs), figsize=(6.5 * len(envs), 9), squeeze=False)
+    for j, (env_name, row) in enumerate(envs.items()):
+        for name, m in row["methods"].items():
+            curve = m["curve"]
+            returns = np.array([p["eval_return"] for p in curve])  # (chunks, seeds)
+            med, lo, hi = np.median(returns, 1), returns.min(1), returns.max(1)
+            label = f"{m['label']} ({m['setting']} {m['chosen']:g})"
+            cpu = [p["cpu_s"] for p in curve]
+            steps = np.median(np.array([p["steps"] for p in curve]), 1)
+            for ax, x in ((axes[0, j], cpu), (axes[1, j], steps)):
+                ax.plot(x, med, color=colors[name], label=label)
+                ax.fill_between(x, lo, hi, color=colors[name], alpha=0.2)
+        for ax, xlabel in ((axes[0, j], "CPU seconds per run"), (axes[1, j], "environment steps")):
+            ax.axhline(row["threshold"], color="grey", ls="--", lw=1)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("evaluation return (16 episodes)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        axes[1, j].set_xscale("log")
+        n = len(next(iter(row["methods"].values()))["runs"])
+        axes[0, j].set_title(f"{env_name}: median and range of {n} seeds")
+    fig.suptitle("Q2: evolution against PPO (rejax) at equal CPU time per run")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,49 @@
+"""Q2 of the study (evolution against rejax's PPO) runs end to end on its quick setting."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from test_benchmark_scripts import ROOT, _check_png
+
+
+def test_study_quick_q2_equal_cpu_budgets_and_both_learn(tmp_path: Path) -> None:
+    out, png = tmp_path / "q2.json", tmp_path / "q2.png"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "study.py"), "--quick", "--questions", "q2"]
+    cmd += ["--out", str(out), "--png-q2", str(png)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    q2 = json.loads(out.read_text())["q2"]
+    _check_png(png)
+    (env,) = q2["envs"].values()
+    budget, threshold = env["budget_cpu_s_per_run"], env["threshold"]
+    assert set(env["methods"]) == {"ppo", "open_es"}
+    steps_per_iteration = 2 * 16  # the quick PPO: 2 environments x 16 steps per iteration
+    for name, m in env["methods"].items():
+        curve, runs = m["curve"], m["runs"]
+        assert m["chosen"] in m["grid"] and len(runs) == len(m["report_seeds"]) == 2
+        # Equal budgets: each method stops at the first chunk that spends the CPU budget.
+        cpu = [p["cpu_s"] for p in curve]
+        assert all(b > a for a, b in zip(cpu, cpu[1:], strict=False))
+        assert cpu[-1] >= budget > cpu[-2]
+        steps = np.array([p["steps"] for p in curve])  # (chunks, runs)
+        assert (np.diff(steps, axis=0) > 0).all()
+        if name == "ppo":
+            assert (steps % steps_per_iteration == 0).all()
+        for i, run in enumerate(runs):
+            returns = [p["eval_return"][i] for p in curve]
+            assert run["final_return"] == returns[-1] and run["best_return"] == max(returns)
+            # Both learn: a random CartPole policy's episodes end after ~10 steps.
+            assert run["best_return"] >= 3 * returns[0], (name, returns[:3], run)
+            hit = next((j for j, r in enumerate(returns) if r >= threshold), None)
+            if hit is None:
+                assert run["steps_to_threshold"] is None
+            else:
+                assert run["steps_to_threshold"] == curve[hit]["steps"][i]
+                assert run["cpu_s_to_threshold"] == curve[hit]["cpu_s"]
+        lo, hi = m["final_return_ci95"]
+        assert lo <= m["final_return_median"] <= hi
