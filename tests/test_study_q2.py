@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -28,7 +29,7 @@ def test_study_quick_q2_equal_cpu_budgets_and_both_learn(tmp_path: Path) -> None
         assert m["chosen"] in m["grid"] and len(runs) == len(m["report_seeds"]) == 2
         # Equal budgets: each method stops at the first chunk that spends the CPU budget.
         cpu = [p["cpu_s"] for p in curve]
-        assert all(b > a for a, b in zip(cpu, cpu[1:], strict=False))
+        assert all(b > a for a, b in itertools.pairwise(cpu))
         assert cpu[-1] >= budget > cpu[-2]
         steps = np.array([p["steps"] for p in curve])  # (chunks, runs)
         assert (np.diff(steps, axis=0) > 0).all()
