@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from xla import child_env
 
 ROOT = Path(__file__).parent.parent
 
@@ -70,6 +71,24 @@ def _check_png(path: Path) -> None:
     assert head[:8] == b"\x89PNG\r\n\x1a\n", head
     width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
     assert width >= 400 and height >= 200, (width, height)
+
+
+def run_quick_study(tmp_path: Path, question: str, timeout: int = 600) -> dict:
+    """``study.py --quick --questions <question>`` in a child process with the suite's XLA
+    flags; checks its exit status, that the JSON it prints is the one it writes, and its plot.
+    Returns the whole report."""
+    out, png = tmp_path / "study.json", tmp_path / f"{question}.png"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "study.py"), "--quick"]
+    cmd += ["--questions", question, "--out", str(out), f"--png-{question}", str(png)]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=child_env()
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert json.loads(proc.stdout[proc.stdout.index("{\n") :]) == report
+    assert report["quick"] is True
+    _check_png(png)
+    return report
 
 
 def _check_q1(q1: dict) -> None:

@@ -3,23 +3,14 @@
 from __future__ import annotations
 
 import itertools
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
-from test_benchmark_scripts import ROOT, _check_png
+from test_benchmark_scripts import run_quick_study
 
 
 def test_study_quick_q2_equal_cpu_budgets_and_both_learn(tmp_path: Path) -> None:
-    out, png = tmp_path / "q2.json", tmp_path / "q2.png"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "study.py"), "--quick", "--questions", "q2"]
-    cmd += ["--out", str(out), "--png-q2", str(png)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    q2 = json.loads(out.read_text())["q2"]
-    _check_png(png)
+    q2 = run_quick_study(tmp_path, "q2", timeout=900)["q2"]
     (env,) = q2["envs"].values()
     budget, threshold = env["budget_cpu_s_per_run"], env["threshold"]
     assert set(env["methods"]) == {"ppo", "open_es"}

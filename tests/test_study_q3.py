@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy.stats import fisher_exact
-
-from tests.test_benchmark_scripts import _check_png
-
-ROOT = Path(__file__).resolve().parent.parent
+from test_benchmark_scripts import run_quick_study
 
 
 def _per_unit(name: str, t: dict, ga_steps: int) -> float:
@@ -29,14 +23,7 @@ def _per_unit(name: str, t: dict, ga_steps: int) -> float:
 
 
 def test_study_quick_q3_equal_flops_and_choices_on_validation(tmp_path: Path) -> None:
-    out, png = tmp_path / "study.json", tmp_path / "q3.png"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "study.py"), "--quick", "--questions", "q3"]
-    cmd += ["--out", str(out), "--png-q3", str(png)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    report = json.loads(out.read_text())
-    assert report["quick"] is True
-    _check_png(png)
+    report = run_quick_study(tmp_path, "q3")
     q3 = report["q3"]
     size = q3["size"]
     assert list(q3["tasks"]) == size["tasks"]

@@ -5,14 +5,11 @@ recorded rule, per-seed figures consistent with their summaries."""
 from __future__ import annotations
 
 import itertools
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from test_benchmark_scripts import ROOT, _check_png
+from test_benchmark_scripts import run_quick_study
 
 METHODS = ("evolved", "reptile", "pretrain")
 
@@ -22,14 +19,7 @@ def _inf(values):
 
 
 def test_study_quick_q4_equal_flops_and_choices_on_validation(tmp_path: Path) -> None:
-    out, png = tmp_path / "study.json", tmp_path / "q4.png"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "study.py"), "--quick"]
-    cmd += ["--questions", "q4", "--out", str(out), "--png-q4", str(png)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    report = json.loads(out.read_text())
-    assert json.loads(proc.stdout[proc.stdout.index("{\n") :]) == report
-    _check_png(png)
+    report = run_quick_study(tmp_path, "q4")
     q4 = report["q4"]
     assert len(q4["loadavg_start"]) == 3 and len(q4["loadavg_end"]) == 3
     settings, budget, seeds = q4["settings"], q4["budget"], q4["seeds"]

@@ -5,18 +5,12 @@ search's compute, choices made on validation by the stated rule, counts that agr
 from __future__ import annotations
 
 import itertools
-import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from test_benchmark_scripts import _check_png
-from xla import child_env
-
-ROOT = Path(__file__).parent.parent
+from test_benchmark_scripts import run_quick_study
 
 
 def _macs(sizes: list[int]) -> int:
@@ -41,15 +35,7 @@ def _check_summary(summary: dict, n: int, test_size: int | None = None) -> None:
 
 
 def test_study_quick_q5_equal_compute_and_choices_on_validation(tmp_path: Path) -> None:
-    out, png = tmp_path / "q5.json", tmp_path / "q5.png"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "study.py"), "--quick", "--questions", "q5"]
-    cmd += ["--out", str(out), "--png-q5", str(png)]
-    proc = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=child_env()
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    report = json.loads(out.read_text())
-    _check_png(png)
+    report = run_quick_study(tmp_path, "q5")
     q5 = report["q5"]
     n = len(q5["seeds"])
     assert n >= 2 and len(q5["loadavg_start"]) == 3
