@@ -1,0 +1,79 @@
+"""Q2's Breakout-MinAtar wiring, without training: rejax's published configuration, the same
+policy network for PPO and the ES, the 5-tuple adapter, the merged figure. Cheap: nothing of
+PPO's training is compiled (its full run is ``study.py --questions q2 --q2-envs
+Breakout-MinAtar``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = "Breakout-MinAtar"
+
+
+@pytest.fixture()
+def q2(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import study_q2
+    import study_q2_ppo
+
+    return study_q2, study_q2_ppo
+
+
+def test_breakout_config_network_and_adapter(q2) -> None:
+    study_q2, ppo = q2
+    spec = study_q2.ENVS[ENV]
+    assert spec["methods"] == ("ppo", "open_es", "snes") and spec["threshold"] == 10.0
+    assert ENV not in ppo.QUICK["envs"]  # the quick test stays CartPole only
+    # The PPO entry of rejax's benchmark/breakout_1m.yaml, as numbers.
+    config = ppo.PPO_CONFIGS[ENV]
+    assert (config["num_envs"], config["num_steps"], config["num_epochs"]) == (32, 32, 4)
+    assert config["learning_rate"] == pytest.approx(2.5674e-4, rel=1e-4)
+    assert (config["gamma"], config["max_grad_norm"], config["ent_coef"]) == (0.995, 1.0, 0.01)
+    assert spec["ppo_chunk_steps"] % (config["num_envs"] * config["num_steps"]) == 0
+
+    # Same network: rejax's actor (built, not trained) and the ES's MLPPolicy, 400-64-64-3.
+    algo = ppo.make_ppo(ENV, config["learning_rate"], spec["ppo_chunk_steps"], quick=False)
+    obs = jnp.zeros((1, 10, 10, 4))
+    params = algo.actor.init(jax.random.key(0), obs, jax.random.key(1))["params"]
+    shapes = sorted(tuple(x.shape) for x in jax.tree.leaves(params))
+    expected = [(3,), (64,), (64,), (64, 3), (64, 64), (400, 64)]
+    assert shapes == expected and sum(x.size for x in jax.tree.leaves(params)) == 30_019
+    for method in ("open_es", "snes"):
+        evo = study_q2.make_evolution(ENV, method, quick=False)
+        assert evo.strategy.num_dims == 30_019 and evo.strategy.population_size == 256
+    assert study_q2.ES_GRIDS["snes"][0] == "std" and len(study_q2.ES_GRIDS["snes"][1]) == 3
+
+    # The adapter: gymnax 1.0's (terminated, truncated) as rejax 0.1.3's single done.
+    import gymnax
+
+    genv, params_env = gymnax.make(ENV)
+    env = ppo.five_tuple(genv)
+    o, state = env.reset(jax.random.key(0), params_env)
+    out = env.step(jax.random.key(1), state, 0, params_env)
+    assert len(out) == 5 and out[0].shape == o.shape == (10, 10, 4) and out[3].dtype == bool
+
+
+def _fake(env: str, threshold: float) -> dict:
+    curve = [
+        {"steps": [10 * k, 12 * k], "eval_return": [k, k + 1], "cpu_s": k, "wall_s": k}
+        for k in (1, 2, 3)
+    ]
+    method = {"label": "PPO (rejax)", "setting": "learning_rate", "chosen": 0.001}
+    method.update(curve=curve, runs=[{}, {}])
+    return {"q2": {"envs": {env: {"threshold": threshold, "methods": {"ppo": method}}}}}
+
+
+def test_plot_from_several_jsons(q2, tmp_path: Path) -> None:
+    study_q2, _ = q2
+    a, b, png = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "q2.png"
+    a.write_text(json.dumps(_fake("CartPole-v1", 500.0)))
+    b.write_text(json.dumps(_fake(ENV, 10.0)))
+    study_q2.main(["--plot-from", str(a), str(b), "--png", str(png)])
+    assert list(study_q2.merge([a, b])["envs"]) == ["CartPole-v1", ENV]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
