@@ -93,35 +93,67 @@ def run_quick_study(tmp_path: Path, question: str, timeout: int = 600) -> dict:
 
 def _check_q1(q1: dict) -> None:
     """Q1's quick run: equal tuning budgets, a choice made by the recorded rule, per-seed
-    values for every seed, FLOPs that follow from the recorded steps and the stated formula."""
+    values for every seed, FLOPs that follow from the recorded steps and the stated formula,
+    and the reduced sizes running only the setting chosen at the largest tuned size."""
     seeds, task = q1["seeds"], q1["task"]
     P, B = task["population"], task["batch"]
-    assert len(q1["sizes"]) == 2 and q1["sizes"][0]["D"] < q1["sizes"][1]["D"]
+    tuned_up_to = q1["tuned_up_to_hidden"]
+    sizes = q1["sizes"]
+    assert [r["hidden"] for r in sizes] == [8, 16, 24] and tuned_up_to == 16
+    assert all(sizes[i]["D"] < sizes[i + 1]["D"] for i in range(len(sizes) - 1))
     assert len(q1["loadavg_start"]) == 3 and len(q1["loadavg_end"]) == 3
-    grid_sizes = set()
-    for size in q1["sizes"]:
+    # The quick subset: both gradient methods, OpenAI-ES and one evosax strategy.
+    methods = {"adam", "sgd_momentum", "open_es", "snes"}
+    assert set(q1["methods_run"]) == methods and q1["methods_reused"] == []
+    population_based = {"pso", "de", "deep_ga"}
+    chosen_at_tuned: dict = {}
+    failed_at: dict = {}
+    for size in sizes:
         h, num_weights = size["hidden"], size["D"]
+        tuned = h <= tuned_up_to
         assert num_weights == h * h + 76 * h + 10  # MLP 64-h-h-10 with biases
         matrices = 64 * h + h * h + 10 * h
-        assert set(size["methods"]) == {"adam", "open_es", "lowrank_es"}
-        expected = {
-            "adam": 3 * 2 * B * matrices,
-            "open_es": P * 2 * B * matrices,
-            "lowrank_es": 2 * B * 64 * h
-            + P * (2 * B * (h * h + 10 * h) + 2 * B * (64 + h + h + h + h + 10)),
-        }
+        forward = 2 * B * matrices
+        assert set(size["methods"]) == methods
         for name, row in size["methods"].items():
-            assert row["flops_per_step"] == expected[name], name
-            assert (
-                row["flops_per_step_upper_bound"] == expected[name if name == "adam" else "open_es"]
-            )
+            kind = q1["contenders"][name]["kind"]
+            if "not_run" in row:
+                # Only the labelled cuts: above the tuned sizes for the methods not kept
+                # there, or a method that reached the target nowhere at a smaller size.
+                assert not tuned or name in failed_at, (h, name)
+                assert name not in q1["large_methods"] or name in failed_at, (h, name)
+                continue
+            if kind == "gradient":
+                expected = 3 * forward
+            elif name == "lowrank_es":
+                expected = 2 * B * 64 * h + P * (
+                    2 * B * (h * h + 10 * h) + 2 * B * (64 + h + h + h + h + 10)
+                )
+            else:  # every other evolution strategy: P forwards of a minibatch each
+                expected = P * forward
+            initial = P * forward if name in population_based else 0
+            assert row["flops_per_step"] == expected, name
+            assert row["flops_initial"] == initial, name
+            upper = 3 * forward if kind == "gradient" else P * forward
+            assert row["flops_per_step_upper_bound"] == upper
             grid = row["grid"]
-            grid_sizes.add(len(grid))
+            if tuned:  # the same number of configurations for every contender
+                assert grid == q1["contenders"][name]["grid"] and len(grid) == 3
+            else:  # reduced: the one setting the method chose at the largest tuned size
+                assert name in q1["large_methods"] and grid == [chosen_at_tuned[name]]
+            calls = 1 if row["wall_s"]["runs_per_call"] == 1 else len(grid) * len(seeds)
+            assert row["wall_s"]["runs_per_call"] == calls
+            if calls == 1:  # one seed per call: only for an ES above the tuned sizes
+                assert not tuned and kind == "es" and len(seeds) > 1
             assert len(row["validation_median_flops_to_target"]) == len(grid)
             assert row["chosen"] in grid
             # The chosen setting has the smallest median FLOPs to target on validation.
             medians = [np.inf if v is None else v for v in row["validation_median_flops_to_target"]]
             assert medians[grid.index(row["chosen"])] == min(medians)
+            if tuned:
+                chosen_at_tuned[name] = row["chosen"]
+                if not any(row["validation_success_per_setting"]):
+                    failed_at.setdefault(name, h)
             steps = row["steps_to_target_per_seed"]
             for key in (
                 "flops_to_target_per_seed",
@@ -142,7 +174,8 @@ def _check_q1(q1: dict) -> None:
                     assert f is None and w is None and a is None
                 else:
                     assert s % every == 0 and every <= s <= stop
-                    assert f == pytest.approx(s * row["flops_per_step"], rel=1e-3)
+                    assert f == pytest.approx(s * row["flops_per_step"] + initial, rel=1e-3)
+                    assert w > 0
                     # a test accuracy measured on the 360 test images
                     assert round(a * 360) == pytest.approx(a * 360, abs=0.2)
             reached = [s for s in steps if s is not None]
@@ -150,20 +183,27 @@ def _check_q1(q1: dict) -> None:
             if len(reached) == len(seeds):
                 assert row["steps_to_target_median"] == np.median(reached)
                 med = row["flops_to_target_median"]
-                assert med == pytest.approx(np.median(reached) * row["flops_per_step"], rel=1e-3)
+                want = np.median(reached) * row["flops_per_step"] + initial
+                assert med == pytest.approx(want, rel=1e-3)
                 lo, hi = row["flops_to_target_ci95"]
                 assert lo <= med <= hi
-        # Gradient descent reaches the (quick) target on every seed at both sizes.
+        # Gradient descent reaches the (quick) target on every seed at every size.
         assert size["methods"]["adam"]["success_rate"] == 1.0
-    assert len(grid_sizes) == 1  # the same number of configurations for every contender
+        assert size["methods"]["sgd_momentum"]["success_rate"] == 1.0
+    # The reduced size ran exactly the kept methods (none of them failed in quick).
+    top = sizes[-1]["methods"]
+    assert {m for m, r in top.items() if "not_run" not in r} == set(q1["large_methods"])
     for name, fit in q1["fits"].items():
-        pts = [(r["D"], r["methods"][name]["flops_to_target_median"]) for r in q1["sizes"]]
-        pts = [(d, f) for d, f in pts if f is not None]
-        assert fit["sizes_used"] == [d for d, _ in pts]
-        if len(pts) >= 2:
-            b = np.polyfit(np.log10([d for d, _ in pts]), np.log10([f for _, f in pts]), 1)[0]
-            assert fit["exponent_b"] == pytest.approx(b, abs=1e-3)
-    assert "exponent_b" in q1["fits"]["adam"]
+        for key, rows in (("", sizes), ("_tuned_sizes", sizes[:2])):
+            pts = [(r["D"], r["methods"][name].get("flops_to_target_median")) for r in rows]
+            pts = [(d, f) for d, f in pts if f is not None]
+            assert fit["sizes_used" + key] == [d for d, _ in pts]
+            if len(pts) >= 2:
+                b = np.polyfit(np.log10([d for d, _ in pts]), np.log10([f for _, f in pts]), 1)[0]
+                assert fit["exponent_b" + key] == pytest.approx(b, abs=1e-3)
+            else:
+                assert "exponent_b" + key not in fit
+    assert "exponent_b" in q1["fits"]["adam"] and "exponent_b" in q1["fits"]["sgd_momentum"]
 
 
 def test_study_quick_q1_and_q6_equal_budgets_and_every_contender_improves(
