@@ -22,12 +22,18 @@ draws (the same keys) with the first-layer kernel scaled x4; ``lamarckian_ga`` a
 (100 Adam steps at lr 0.01 per member per generation), the population drawn from the standard
 initialiser, the answer ``Evolution.solution_theta`` (the best member evaluated so far);
 ``open_es``: OpenAI-ES (P = 64, Adam on the estimate at lr 0.03), from the model's one
-initialisation (the sweep varies the noise, not the start), the answer its mean. Left out:
-ESGD, Guided ES, the blended mean (hybrid.py has them; none beat the GAs there), and Adam
-schedules and weight decay (only the learning rate is tuned).
+initialisation (the sweep varies the noise, not the start), the answer its mean. The other
+hybrids: ``esgd``, ESGD (``hybrids.esgd``: P = 8, 4 parents, 1 elite, intermediate
+recombination, the same 100 Adam steps at lr 0.01 per member with back-off), drawn and answered
+as the GAs; ``guided_es``, evosax's Guided ES (P = 64, lr 0.03, a subspace of the last 4
+full-batch gradients at the mean, ``hybrids.guided_es_gradient``); ``blended_es``, OpenAI-ES
+(P = 64, lr 0.03) whose mean update is blended half and half with an Adam step (lr 0.01) on the
+full-batch gradient at the mean (``hybrids.blended_mean_update``), both answered by the mean.
+Left out: Adam schedules and weight decay (only the learning rate is tuned).
 
 **Search spaces, 3 configurations each**: every Adam contender the learning rate 0.01 / 0.03 /
-0.1; both GAs the mutation std 0.25 / 0.5 / 1.0; OpenAI-ES its std 0.1 / 0.3 / 1.0. Tuning runs:
+0.1; both GAs and ESGD the mutation std 0.25 / 0.5 / 1.0; OpenAI-ES, Guided ES and the blend
+their std 0.1 / 0.3 / 1.0. Tuning runs:
 3 configurations x 3 seeds (100-102), scored on **validation** at the end of the budget; the
 chosen one has the most validation successes, ties broken by the higher median validation
 score (then the first in the grid). It is then run with 9 fresh seeds (0-8), the only runs
@@ -37,8 +43,10 @@ reported, scored on **test** (tuning and test sweeps have one shape: one compila
 per dense layer), ``n`` training points, every pass full-batch. A gradient step costs ``3 n F``
 (forward and backward), a fitness evaluation ``n F``. Every contender gets a budget of ``E``
 gradient-step equivalents, ``3 E n F`` FLOPs: ``adam`` ``E`` steps, each restart ``E / 8``,
-a GA generation ``8 (3 K + 1) n F`` (K = 100 steps and one evaluation per member), an OpenAI-ES
-generation ``64 n F``; Adam's steps are rounded to a multiple of the checkpoints and
+a GA generation ``8 (3 K + 1) n F`` (K = 100 steps and one evaluation per member), an ESGD
+generation ``8 (3 K + 3) n F`` (its back-off evaluates each member before and after the
+steps), an OpenAI-ES generation ``64 n F``, a Guided ES or blended generation ``64 n F + 3 n F``
+(one gradient at the mean); Adam's steps are rounded to a multiple of the checkpoints and
 generations to a whole number, so budgets differ by < 2% (the JSON has each exact figure).
 Optimizer and strategy arithmetic (O(D) per member) is not counted. FLOPs to success: the
 first of 24 checkpoints whose test score met the threshold. Budgets: E = 120,000 for the sine
@@ -46,7 +54,7 @@ first of 24 checkpoints whose test score met the threshold. Budgets: E = 120,000
 (whose steps cost ~100x more FLOPs and ~10x more time), to fit the full run in ~15 minutes on
 2 shared cores. Wall time: run time of each batched sweep (compilation apart), with
 ``os.getloadavg()``. ``--quick``: the sine only, E = 1,240, K = 10, 2 + 6 seeds, the three
-Adam contenders and the Lamarckian GA.
+Adam contenders, the Lamarckian GA, ESGD, Guided ES and the blend.
 
 Medians over seeds with bootstrap 95% intervals (``study.bootstrap_median``). The three Adam
 variants pair (``adam`` is restart 0 of ``restarts``; ``restarts_wide`` rescales the same
@@ -57,28 +65,26 @@ draws); the GAs' and ES's draws come from the engine's keys, so they compare by 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx
-from hybrid import dense_flops, sine_wave, two_spirals
-from jax.flatten_util import ravel_pytree
 from scipy.stats import fisher_exact
 from study import _fmt, bootstrap_median
+from study_q3_problem import Problem, _Answers, run_adam
 
-from evojax_nets import Evolution, Supervised
-from evojax_nets.hybrids import gradient_steps
-from evojax_nets.models import MLP
-from evojax_nets.nets import from_nnx
-from evojax_nets.runner import Callback
+from evojax_nets import Evolution
+from evojax_nets.hybrids import blended_mean_update, esgd, gradient_steps, guided_es_gradient
 
-CONTENDERS = ("adam", "restarts", "restarts_wide", "lamarckian_ga", "baldwinian_ga", "open_es")
+CONTENDERS = (
+    *("adam", "restarts", "restarts_wide", "lamarckian_ga", "baldwinian_ga", "open_es"),
+    *("esgd", "guided_es", "blended_es"),
+)
 LABELS = {
     "adam": "Adam, one run",
     "restarts": "Adam, best of 8 restarts",
@@ -86,161 +92,50 @@ LABELS = {
     "lamarckian_ga": "Lamarckian GA (P 8, Adam steps)",
     "baldwinian_ga": "Baldwinian GA (P 8, Adam steps)",
     "open_es": "OpenAI-ES (P 64)",
+    "esgd": "ESGD (P 8, Adam steps, back-off)",
+    "guided_es": "Guided ES (P 64, gradient subspace)",
+    "blended_es": "OpenAI-ES + Adam step on the mean (P 64)",
 }
-ADAMS, GAS = ("adam", "restarts", "restarts_wide"), ("lamarckian_ga", "baldwinian_ga")
+ADAMS, GAS = ("adam", "restarts", "restarts_wide"), ("lamarckian_ga", "baldwinian_ga", "esgd")
+MEANS = ("open_es", "guided_es", "blended_es")  # distribution-based: P forwards per generation
 GRIDS = {
     **{k: [0.01, 0.03, 0.1] for k in ADAMS},
     **{k: [0.25, 0.5, 1.0] for k in GAS},
-    "open_es": [0.1, 0.3, 1.0],
+    **{k: [0.1, 0.3, 1.0] for k in MEANS},
 }
-MEANING = {"adam": "learning rate", "ga": "mutation std", "open_es": "std (lr 0.03)"}
+MEANING = {"adam": "learning rate", "ga": "mutation std", "mean": "std (lr 0.03)"}
 RESTARTS, WIDE, GA_POP, GA_LR, ES_POP, ES_LR = 8, 4.0, 8, 0.01, 64, 0.03
+SUBSPACE, BLEND = 4, 0.5  # Guided ES's gradient subspace (hybrid.py's); the blend weight
 # Budgets in gradient-step equivalents E per task (see the docstring), sized to this 2-core
 # CPU's ~15-minute limit for the full run; the spirals' step costs ~10x the sine's.
 SIZES = {
     "full": {"equivalents": {"sine": 120_000, "spirals": 12_000}, "ga_steps": 100, "points": 24}
     | {"tune_seeds": 3, "tasks": ["sine", "spirals"], "contenders": list(CONTENDERS)},
     "quick": {"equivalents": {"sine": 1_240, "spirals": 1_240}, "ga_steps": 10, "points": 2}
-    | {"tune_seeds": 2, "tasks": ["sine"], "contenders": [*ADAMS, "lamarckian_ga"]},
+    | {"tune_seeds": 2, "tasks": ["sine"], "contenders": [*ADAMS, *GAS[::2], *MEANS[1:]]},
 }
 
 
-def task_data(name: str) -> dict[str, Any]:
-    if name == "sine":
-        splits = [sine_wave(256, 6.0, offset) for offset in (0.0, 0.25, 0.5)]
-        kw = {"hidden": (2,), "activation": jnp.sin, "out": 1, "threshold": 0.99}
-        return {"splits": splits, "regression": True, "score": "R^2", **kw}
-    splits = [two_spirals(400, 3.0, 0.0, seed) for seed in (0, 2, 1)]
-    kw = {"hidden": (16, 16), "activation": jax.nn.tanh, "out": 2, "threshold": 0.95}
-    return {"splits": splits, "regression": False, "score": "accuracy", **kw}
-
-
-class Problem:
-    """One task's network, loss, initialiser draws and scorers."""
-
-    def __init__(self, name: str):
-        d = self.data = task_data(name)
-        (x, y), (xv, yv), (xt, yt) = d["splits"]
-        self.model = MLP(
-            x.shape[1], d["hidden"], d["out"], rngs=nnx.Rngs(0), activation=d["activation"]
-        )
-        self.network = from_nnx(self.model)
-        kind = "regression" if d["regression"] else "classification"
-        self.task = Supervised(x, y, xv, yv, batch_size=None, kind=kind)
-        self.loss_on = self.task.bind(self.network).extra["loss_on"]
-        self.x, self.y, self.n = jnp.asarray(x), jnp.asarray(y), len(x)
-        self.fwd = dense_flops(self.network)  # per example
-        tree = self.network.unravel(self.network.theta0)
-        self.leaves, self.treedef = jax.tree.flatten(tree)
-        assert len(self.leaves) == len(self.network.paths)
-        sets = {"validation": (xv, yv), "test": (xt, yt)}
-        self.score = {k: jax.jit(jax.vmap(self._scorer(*v))) for k, v in sets.items()}
-        self.cache: dict[Any, Any] = {}
-        self.evos: dict[str, Evolution] = {}
-
-    def _scorer(self, x, y):
-        x, y, regression = jnp.asarray(x), jnp.asarray(y), self.data["regression"]
-
-        def score(theta):
-            out = self.network.apply(theta, x)
-            if regression:
-                return 1.0 - jnp.mean((out[:, 0] - y) ** 2) / jnp.var(y)
-            return jnp.mean(jnp.argmax(out, -1) == y)
-
-        return score
-
-    def draw(self, key: jax.Array, scale: float = 1.0) -> jax.Array:
-        """One draw of the standard initialiser (nnx.Linear's: LeCun normal kernels, zero
-        biases), the first hidden layer's kernel times ``scale``."""
-        keys = jax.random.split(key, len(self.leaves))
-        leaves = []
-        for k, path, leaf in zip(keys, self.network.paths, self.leaves, strict=True):
-            if path.endswith("kernel"):
-                w = jax.nn.initializers.lecun_normal()(k, leaf.shape, leaf.dtype)
-                leaves.append(w * scale if path == "hidden/0/kernel" else w)
-            else:
-                leaves.append(jnp.zeros_like(leaf))
-        return ravel_pytree(jax.tree.unflatten(self.treedef, leaves))[0]
-
-    def draws(self, seeds, count: int, scale: float) -> jax.Array:
-        """(configurations, count, D): ``count`` draws per seed, the same keys at any scale."""
-        keys = jax.vmap(lambda s: jax.random.split(jax.random.key(s), count))(jnp.asarray(seeds))
-        return jax.vmap(jax.vmap(lambda k: self.draw(k, scale)))(keys)
-
-
-def run_adam(prob: Problem, inits: jax.Array, lrs: np.ndarray, steps: int, points: int):
-    """Full-batch Adam from every row of ``inits`` (C, R, D) at rate ``lrs[c]``; the answer
-    is each configuration's restart with the lowest training loss. Returns the (C, D) answers
-    and the steps done at every checkpoint, and the wall times."""
-    opt = optax.scale_by_adam()
-    every = steps // points
-    loss = prob.loss_on
-
-    def one(theta, state, lr):
-        def step(carry, _):
-            th, st = carry
-            g = jax.grad(loss)(th, prob.x, prob.y)
-            u, st = opt.update(g, st)
-            return (th - lr * u, st), None
-
-        (theta, state), _ = jax.lax.scan(step, (theta, state), None, length=every)
-        return theta, state
-
-    thetas = inits
-    states = jax.vmap(jax.vmap(opt.init))(thetas)
-    lrs = jnp.asarray(lrs, jnp.float32)
-    t0 = time.perf_counter()
-    cache_key = ("adam", thetas.shape, every)
-    if cache_key not in prob.cache:  # tuning and test runs have one shape: one compilation
-        chunk = jax.jit(jax.vmap(jax.vmap(one, in_axes=(0, 0, None))))
-        train = jax.vmap(jax.vmap(lambda t: loss(t, prob.x, prob.y)))
-        best = lambda th: jnp.argmin(jnp.nan_to_num(train(th), nan=jnp.inf), axis=-1)
-        pick = jax.jit(lambda th: jnp.take_along_axis(th, best(th)[:, None, None], 1)[:, 0])
-        prob.cache[cache_key] = (chunk.lower(thetas, states, lrs).compile(), pick)
-    compiled, answer = prob.cache[cache_key]
-    compile_s = time.perf_counter() - t0
-    answers, run_s = [answer(thetas)], 0.0
-    for _ in range(points):
-        t0 = time.perf_counter()
-        thetas, states = jax.block_until_ready(compiled(thetas, states, lrs))
-        run_s += time.perf_counter() - t0
-        answers.append(answer(thetas))
-    wall = {"compile": round(compile_s, 2), "run": round(run_s, 2)}
-    return answers, [i * every for i in range(points + 1)], wall
-
-
-class _Answers(Callback):
-    """Each configuration's ``solution_theta`` at the start and after every chunk."""
-
-    def __init__(self):
-        self.answers, self.overhead, self.compile_s, self.wall = [], 0.0, 0.0, 0.0
-        self.units = [0]
-        self._fn = None
-
-    def _grab(self, owner, state):
-        t0 = time.perf_counter()
-        if self._fn is None:
-            self._fn = jax.jit(jax.vmap(owner.solution_theta))
-        self.answers.append(self._fn(state))
-        self.overhead += time.perf_counter() - t0
-
-    def on_start(self, owner, state, num_steps):
-        self._grab(owner, state)
-
-    def on_chunk(self, owner, state, rows):
-        self._grab(owner, state)
-        self.units.append(self.units[-1] + len(rows))
-        self.compile_s, self.wall = rows[-1]["compile_time"], rows[-1]["wall_time"]
-
-
 def make_evolution(prob: Problem, name: str, ga_steps: int) -> Evolution:
-    if name == "open_es":
-        return Evolution(prob.model, prob.task, "open_es", ES_POP, std=0.1, learning_rate=ES_LR)
-    mode = name.split("_")[0]
+    if name in MEANS:
+        kw: dict[str, Any] = {"std": 0.1, "learning_rate": ES_LR}
+        if name == "guided_es":
+            kw |= {"ops": guided_es_gradient(), "strategy_kwargs": {"subspace_dims": SUBSPACE}}
+        elif name == "blended_es":
+            kw["ops"] = blended_mean_update(optax.adam(GA_LR), weight=BLEND)
+        strategy = "guided_es" if name == "guided_es" else "open_es"
+        return Evolution(prob.model, prob.task, strategy, ES_POP, **kw)
 
     def population_init(key, size):
         return jax.vmap(prob.draw)(jax.random.split(key, size))
 
+    if name == "esgd":
+        strategy, op = esgd(
+            prob.model, GA_POP, optax.adam(GA_LR), ga_steps, num_parents=GA_POP // 2, std=0.5
+        )
+        return Evolution(
+            prob.model, prob.task, strategy, GA_POP, ops=op, population_init=population_init
+        )
     return Evolution(
         prob.model,
         prob.task,
@@ -249,7 +144,7 @@ def make_evolution(prob: Problem, name: str, ga_steps: int) -> Evolution:
         std=0.5,
         population_init=population_init,
         strategy_kwargs={"num_parents": GA_POP // 2, "num_elites": 1},
-        ops=gradient_steps(optax.adam(GA_LR), ga_steps, mode=mode),
+        ops=gradient_steps(optax.adam(GA_LR), ga_steps, mode=name.split("_")[0]),
     )
 
 
@@ -257,8 +152,10 @@ def units_and_flops(prob: Problem, name: str, E: int, ga_steps: int, points: int
     """(units: steps or generations, FLOPs per unit) for a budget of E gradient steps."""
     nF = prob.n * prob.fwd
     per_unit = {"adam": 3 * nF, "open_es": ES_POP * nF}.get(name, 3 * nF * RESTARTS)
-    if name in GAS:
-        per_unit = GA_POP * (3 * ga_steps + 1) * nF
+    if name in GAS:  # K steps and one evaluation per member; ESGD's back-off two more
+        per_unit = GA_POP * (3 * ga_steps + 1 + 2 * (name == "esgd")) * nF
+    elif name in MEANS[1:]:  # one gradient at the mean per generation
+        per_unit = ES_POP * nF + 3 * nF
     units = 3 * E * nF / per_unit
     if name in ADAMS:  # thousands of steps: a fixed chunk
         return max(points, points * round(units / points)), per_unit
@@ -335,7 +232,7 @@ def run_task(task: str, size: dict) -> dict[str, Any]:
         out["contenders"][name] = {
             "label": LABELS[name],
             "grid": grid,
-            "grid_meaning": MEANING[name if name == "open_es" else "ga" if name in GAS else "adam"],
+            "grid_meaning": MEANING["mean" if name in MEANS else "ga" if name in GAS else "adam"],
             "validation_successes": [int(w) for w in wins],
             "validation_median": [_fmt(v) for v in med],
             "chosen": grid[best],
@@ -365,11 +262,18 @@ def run_task(task: str, size: dict) -> dict[str, Any]:
         )
     out["loadavg_start"], out["loadavg_end"] = load0, [round(v, 2) for v in os.getloadavg()]
     out["wall_s"] = round(time.perf_counter() - t0, 1)
-    c = out["contenders"]
-    n = len(test)
+    compare(out)
+    return out
+
+
+def compare(out: dict[str, Any]) -> None:
+    """The best GA-type hybrid against the wide-restart control, by test successes (Fisher's
+    exact test), and the paired narrow/wide restarts; into ``out["comparison"]``."""
+    c, n = out["contenders"], len(out["test_seeds"])
+    thr = out["threshold"] - out["threshold_tolerance"]
     gas = [k for k in GAS if k in c]
     if not gas or not {"restarts", "restarts_wide"} <= set(c):
-        return out
+        return
     ga = max(gas, key=lambda k: c[k]["successes"])
     wide, narrow = (
         np.array(c[k]["test_score_per_seed"], float) >= thr for k in ("restarts_wide", "restarts")
@@ -383,9 +287,39 @@ def run_task(task: str, size: dict) -> dict[str, Any]:
         "paired_wide_only_seeds": int((wide & ~narrow).sum()),
         "paired_narrow_only_seeds": int((narrow & ~wide).sum()),
         "note": "adam / restarts / restarts_wide pair seed by seed (the same keys); the GAs' "
-        "and OpenAI-ES's draws come from the engine's keys, so they compare by counts",
+        "and the ES's draws come from the engine's keys, so they compare by counts",
     }
-    return out
+
+
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """One Q3 report from two ``study.py`` reports of the same protocol whose contenders differ
+    (for example the hybrids added to an earlier run): the tasks' contenders of both, in
+    ``CONTENDERS`` order, each keeping its run's wall times and loads, and the comparison
+    redone. Both commands are kept."""
+    q, more = json.loads(json.dumps(base["q3"])), extra["q3"]
+    if any(q["settings"][k] != v for k, v in more["settings"].items() if k in q["settings"]):
+        raise ValueError("the two runs differ in their shared settings; they cannot be merged")
+    q["settings"] |= more["settings"]
+    q["flops_formula"] = more["flops_formula"]  # the later one names every contender
+    for task, t in more["tasks"].items():
+        mine = q["tasks"][task]
+        same = ("budget_flops", "tuning_seeds", "test_seeds", "threshold", "weights")
+        if any(mine[k] != t[k] for k in same):
+            raise ValueError(f"{task}: the two runs differ in {same}; they cannot be merged")
+        both = mine["contenders"] | t["contenders"]
+        mine["contenders"] = {k: both[k] for k in CONTENDERS if k in both}
+        mine.setdefault(
+            "runs", [{"loadavg_start": mine["loadavg_start"], "wall_s": mine["wall_s"]}]
+        )
+        mine["runs"].append({"loadavg_start": t["loadavg_start"], "wall_s": t["wall_s"]})
+        compare(mine)
+    q["size"]["contenders"] = [
+        k for k in CONTENDERS if k in q["size"]["contenders"] or k in more["size"]["contenders"]
+    ]
+    q["left_out"] = more["left_out"]
+    merged = {**base, "q3": q, "commands": [base["command"], extra["command"]]}
+    merged["environments"] = [base["environment"], extra["environment"]]
+    return merged
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -410,17 +344,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "wide_first_layer_scale": WIDE,
             "ga": {"population": GA_POP, "parents": GA_POP // 2, "elites": 1, "adam_lr": GA_LR},
             "open_es": {"population": ES_POP, "learning_rate": ES_LR},
+            "guided_es": {"population": ES_POP, "learning_rate": ES_LR, "subspace": SUBSPACE},
+            "blended_es": {"population": ES_POP, "es_lr": ES_LR, "adam_lr": GA_LR, "w": BLEND},
+            "esgd": {"population": GA_POP, "parents": GA_POP // 2, "elites": 1, "backoff": True},
             "choice": "most validation successes, ties by the higher median validation score",
         },
         "flops_formula": {
             "forward": "n F, F = hybrid.dense_flops; a full-batch gradient step 3 n F",
-            "per_unit": "adam 3 n F, restarts 8 x that; GA P (3 K + 1) n F; OpenAI-ES P n F",
+            "per_unit": "adam 3 n F, restarts 8 x that; GA P (3 K + 1) n F, ESGD P (3 K + 3) n F; "
+            "OpenAI-ES P n F, Guided ES and the blend P n F + 3 n F",
             "budget": "3 E n F for every contender; not counted: O(D) optimizer arithmetic",
         },
-        "left_out": [
-            "ESGD, Guided ES, blended mean (in hybrid.py's race, none beat the GAs)",
-            "Adam schedules and weight decay (only the learning rate is tuned)",
-        ],
+        "left_out": ["Adam schedules and weight decay (only the learning rate is tuned)"],
         "tasks": {},
     }
     for task in size["tasks"]:
@@ -435,6 +370,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     palette = ("#1f77b4", "#ff7f0e", "#7570b3", "#d62728", "#2ca02c", "#8c564b")
+    palette += ("#e377c2", "#17becf", "#bcbd22")
     colors = dict(zip(CONTENDERS, palette, strict=True))
     tasks = report["tasks"]
     fig, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks), 6.5), squeeze=False)
@@ -467,3 +403,13 @@ def plot(report: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+if __name__ == "__main__":  # python benchmarks/study_q3.py BASE.json EXTRA.json OUT.json [PNG]
+    import sys
+
+    base_path, extra_path, out_path, *png = sys.argv[1:]
+    report = merge(*(json.loads(Path(p).read_text()) for p in (base_path, extra_path)))
+    Path(out_path).write_text(json.dumps(report, indent=1) + "\n")
+    if png:
+        plot(report["q3"], Path(png[0]))

@@ -19,6 +19,10 @@ def _per_unit(name: str, t: dict, ga_steps: int) -> float:
         return 3 * nF * 8
     if name.endswith("_ga"):
         return 8 * (3 * ga_steps + 1) * nF
+    if name == "esgd":  # the back-off's evaluations before and after the steps
+        return 8 * (3 * ga_steps + 3) * nF
+    if name in ("guided_es", "blended_es"):  # one gradient at the mean
+        return 64 * nF + 3 * nF
     return 64 * nF
 
 
