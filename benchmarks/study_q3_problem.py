@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from hybrid import dense_flops, sine_wave, two_spirals
+from hybrid_minima import sine_wave, two_spirals
+from hybrid_race import dense_flops
 from jax.flatten_util import ravel_pytree
 
 from evojax_nets import Evolution, Supervised
