@@ -266,6 +266,15 @@ def run_method(env_name: str, method: str, spec: dict, quick: bool) -> dict[str,
         runs_by_value = {v: runs[i :: len(grid)] for i, v in enumerate(grid)}
         compile_s = [tuned["compile_s"]]
     chosen = choose(runs_by_value) if tune else grid[0]
+    if tune:
+        medians = {
+            v: _median([r["final_return"] for r in runs]) for v, runs in runs_by_value.items()
+        }
+        print(
+            f"[q2] {env_name} {method}: tuning medians {medians}, chosen {chosen}; report runs",
+            file=sys.stderr,
+            flush=True,
+        )
     if method == "ppo":
         final = run_ppo(env_name, chosen, report, spec, quick)
     else:
