@@ -11,10 +11,11 @@ several runs.
   **Breakout-MinAtar** (threshold 10: a third of PPO's published 28 after 10M steps, above
   OpenAI-ES's published 4 and below a tuned SNES's 15; fixed after an 8-CPU-second pilot whose
   returns were 1-6, before the full run). Breakout's budget is **far below the published
-  10M steps**: 60 CPU seconds per run, which the pilot measured at about 4.4M PPO steps, 3.6M
-  OpenAI-ES steps and 1M SNES steps (about 74k, 61k and 16k steps per CPU second). Its figures
-  are early-training figures, not the published asymptotes; a method that is slow to start
-  but strong late (as SNES is published to be against OpenAI-ES) is judged before its time.
+  10M steps**: 60 CPU seconds per run (the pilot measured about 74k, 61k and 16k steps per
+  CPU second for PPO, OpenAI-ES and SNES); the full run simulated 3.7M PPO steps, 4.0-6.5M
+  OpenAI-ES steps and 2.9-3.6M SNES steps per run. Its figures are early-training figures,
+  not the published asymptotes: PPO, published at 28 only after 10M steps, is judged before
+  its time.
 * The gradient baseline is **PPO from rejax** (``rejax.get_algo("ppo")``), not written here,
   with rejax's own published configuration for each environment (its repository's
   ``configs/gymnax/cartpole.yaml`` and ``continuous_mountaincar.yaml``; for Breakout, which has
