@@ -22,8 +22,9 @@ contenders (their grids, FLOPs and runners) are in ``benchmarks/study_q1_contend
   (``DeepGA``) (the initial population's spread ``std`` around the initialisation swept: it
   sets the scale of every PSO / DE step, and it is the GA's mutation scale). Full CMA-ES holds
   and decomposes a D x D covariance per configuration, 15 configurations batched: it runs
-  only where D <= ``MAX_D_FULL_COVARIANCE`` (h = 12: one eigendecomposition took 0.39 s at
-  D = 1,066 and 17.8 s at 3,466 here) and is recorded as "not run, D too large" above.
+  only where D <= ``MAX_D_FULL_COVARIANCE`` and is recorded as "not run, D too large" above:
+  at D = 1,066 (h = 12) one generation cost 3.5 s per run here (``CMA_NOT_RUN``), so it
+  runs at no size of the full run, only in the quick mode's sizes if asked.
   Every seed x setting of one method runs as one compiled program: ``Evolution.sweep`` for
   the ES, ``jit(vmap(...))`` of a ``lax.scan`` chunk for the gradient methods.
   Seeds draw the minibatches (and the ES noise).
@@ -83,6 +84,7 @@ from _digits import train_val_test
 from flax import nnx
 from study import _fmt, bootstrap_median
 from study_q1_contenders import (
+    CMA_NOT_RUN,
     CONTENDERS,
     GRADIENT,
     MAX_D_FULL_COVARIANCE,
@@ -296,14 +298,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for method in listed:
             old = reuse_rows.get(h, {}).get("methods", {}).get(method)
             if old is not None and ("not_run" not in old or method not in methods):
-                row["methods"][method] = {**old, "reused_from": args.q1_reuse}
+                row["methods"][method] = {"reused_from": args.q1_reuse, **old}  # first source
                 _note(method, h, old, tuned, chosen_at, dropped)
                 continue
             if method not in methods:
                 continue
             reason = None
             if method == "cma_es" and D > MAX_D_FULL_COVARIANCE:
-                reason = "D too large (full covariance)"
+                reason = CMA_NOT_RUN
             elif method in dropped:
                 reason = f"reached the target with no setting at h = {dropped[method]} (fail-fast)"
             elif not tuned and (method not in cfg["large_methods"] or method not in chosen_at):
@@ -385,9 +387,11 @@ def plot(q: dict[str, Any], path: Path) -> None:
 
     cmap = plt.get_cmap("tab20")
     fig, ax = plt.subplots(figsize=(9.5, 6.5))
+    missing: list[str] = []
     for i, (method, fit) in enumerate(q["fits"].items()):
         rows = [r for r in q["sizes"] if r["methods"].get(method, {}).get("flops_to_target_median")]
         if not rows:
+            missing.append(q["contenders"][method]["label"])
             continue
         m = [r["methods"][method] for r in rows]
         D = np.array([r["D"] for r in rows], float)
@@ -414,6 +418,9 @@ def plot(q: dict[str, Any], path: Path) -> None:
         reduced = np.array([r["hidden"] > q["tuned_up_to_hidden"] for r in rows])
         if reduced.any():
             ax.plot(D[reduced], med[reduced], "o", mfc="white", mec="k", ms=7, zorder=5)
+    if missing:
+        text = "reached the target at no size tried (or not run):\n" + ", ".join(missing)
+        ax.text(0.01, 0.99, text, transform=ax.transAxes, va="top", fontsize=8)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("D, number of weights (MLP 64-h-h-10)")

@@ -75,9 +75,17 @@ for _c in CONTENDERS.values():
         _c["param"] = "learning_rate"
 METHODS = tuple(CONTENDERS)
 GRADIENT = tuple(m for m, c in CONTENDERS.items() if c["kind"] == "gradient")
-# h = 12 (D = 1,066) only: one jnp.linalg.eigh of 1,066^2 took 0.39 s here, of 3,466^2 (h = 32)
-# 17.8 s (at load 10), so 15 configurations would spend ~270 s a generation at h = 32.
-MAX_D_FULL_COVARIANCE = 1100
+# Full CMA-ES eigendecomposes its D x D covariance every generation, per configuration: one
+# jnp.linalg.eigh took 0.39 s at D = 1,066 (h = 12) and 17.8 s at 3,466 (h = 32) here, and a
+# sweep of 3 settings x 1 seed at D = 1,066 ran 15 generations in 158 s (10.5 s a generation,
+# load 5.5, beside this study's own run). sep-CMA-ES needed a median 155 generations there,
+# so the 15-run tuning would take ~15 x 155 x 3.5 s, about 2.3 hours: over this study's budget
+# at every size of the full run (the quick sizes, D <= 1,000, would run it).
+MAX_D_FULL_COVARIANCE = 1000
+CMA_NOT_RUN = (
+    "D too large for full CMA-ES here: 3.5 s per generation per run measured at D = 1,066 "
+    "(~2.3 h for 15 runs x 155 generations); 17.8 s per eigendecomposition at D = 3,466"
+)
 
 
 def layer_shapes(h: int) -> list[tuple[int, int]]:
