@@ -4,7 +4,8 @@ Run through ``benchmarks/study.py --questions q2`` (``--q2-envs`` picks environm
 module holds the question's protocol, the ES side, the choosing and the plot, and
 ``benchmarks/study_q2_ppo.py`` the PPO side and the per-run clock.
 ``python benchmarks/study_q2.py --plot-from A.json B.json --png P`` draws one figure from
-several runs.
+several runs; ``benchmarks/study_q2_flops.py`` counts each method's network FLOPs per
+environment step, so every figure can also be read at equal FLOPs (third row of the plot).
 
 * Environments (gymnax): **CartPole-v1** (threshold: a mean evaluation return of 500),
   **MountainCarContinuous-v0** (threshold 90, the classic "solved" level) and
@@ -69,6 +70,7 @@ from typing import Any
 import jax
 import numpy as np
 from study import _fmt, bootstrap_median
+from study_q2_flops import annotate
 from study_q2_ppo import (
     EVAL_EPISODES,
     EVAL_SEED,
@@ -77,6 +79,7 @@ from study_q2_ppo import (
     QUICK,
     Clock,
     curve_point,
+    ppo_config,
     run_ppo,
 )
 
@@ -322,7 +325,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "threshold": spec["threshold"],
             "budget_cpu_s_per_run": QUICK["budget_cpu_s"] if quick else spec["budget_cpu_s"],
             "published": spec["published"],
-            "ppo_config": PPO_CONFIGS[env_name],
+            "ppo_config": ppo_config(env_name, quick),
             "methods": {},
         }
         for method in methods:
@@ -337,7 +340,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 flush=True,
             )
         out["envs"][env_name] = row
-    return out
+    return annotate(out, QUICK["hidden"] if quick else HIDDEN)
 
 
 def plot(q: dict[str, Any], path: Path) -> None:
@@ -348,7 +351,8 @@ def plot(q: dict[str, Any], path: Path) -> None:
 
     colors = {"ppo": "#d95f02", "open_es": "#1b9e77", "ga": "#7570b3", "snes": "#e7298a"}
     envs = q["envs"]
-    fig, axes = plt.subplots(2, len(envs), figsize=(6.5 * len(envs), 9), squeeze=False)
+    rows = 3 if all("flops" in m for r in envs.values() for m in r["methods"].values()) else 2
+    fig, axes = plt.subplots(rows, len(envs), figsize=(6.5 * len(envs), 4.5 * rows), squeeze=False)
     for j, (env_name, row) in enumerate(envs.items()):
         for name, m in row["methods"].items():
             curve = m["curve"]
@@ -357,16 +361,21 @@ def plot(q: dict[str, Any], path: Path) -> None:
             label = f"{m['label']} ({m['setting']} {m['chosen']:g})"
             cpu = [p["cpu_s"] for p in curve]
             steps = np.median(np.array([p["steps"] for p in curve]), 1)
-            for ax, x in ((axes[0, j], cpu), (axes[1, j], steps)):
+            xs = [cpu, steps]
+            if rows == 3:  # counted network FLOPs (study_q2_flops), per step x steps
+                xs.append(steps * m["flops"]["flops_per_env_step"])
+            for ax, x in zip(axes[:, j], xs, strict=True):
                 ax.plot(x, med, color=colors[name], label=label)
                 ax.fill_between(x, lo, hi, color=colors[name], alpha=0.2)
-        for ax, xlabel in ((axes[0, j], "CPU seconds per run"), (axes[1, j], "environment steps")):
+        xlabels = ["CPU seconds per run", "environment steps", "counted network FLOPs"]
+        for ax, xlabel in zip(axes[:, j], xlabels, strict=False):
             ax.axhline(row["threshold"], color="grey", ls="--", lw=1)
             ax.set_xlabel(xlabel)
             ax.set_ylabel("evaluation return (16 episodes)")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
-        axes[1, j].set_xscale("log")
+        for ax in axes[1:, j]:
+            ax.set_xscale("log")
         n = len(next(iter(row["methods"].values()))["runs"])
         axes[0, j].set_title(f"{env_name}: median and range of {n} seeds")
     fig.suptitle("Q2: evolution against PPO (rejax) at equal CPU time per run")
@@ -397,7 +406,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--plot-from", nargs="+", required=True, help="study JSONs with q2")
     parser.add_argument("--png", required=True)
     args = parser.parse_args(argv)
-    merged = merge(args.plot_from)
+    merged = annotate(merge(args.plot_from), HIDDEN)  # runs recorded before FLOPs were
     plot(merged, Path(args.png))
     print(f"[q2] {', '.join(merged['envs'])} -> {args.png}", file=sys.stderr)
 

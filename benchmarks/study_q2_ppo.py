@@ -137,6 +137,15 @@ def five_tuple(genv):
     return FiveTuple(genv)
 
 
+def ppo_config(env_name: str, quick: bool) -> dict[str, Any]:
+    """The configuration PPO runs with: rejax's published one, or its tiny quick version."""
+    config = dict(PPO_CONFIGS[env_name])
+    if quick:
+        config.update(num_envs=2, num_steps=16, num_epochs=1, num_minibatches=1)
+        config["agent_kwargs"] = dict(config["agent_kwargs"], hidden_layer_sizes=QUICK["hidden"])
+    return config
+
+
 def make_ppo(env_name: str, lr: float, chunk: int, quick: bool):
     """rejax's PPO on ``env_name`` with its published configuration at learning rate ``lr``,
     ``chunk`` steps per ``train`` call, its own evaluation switched off."""
@@ -144,10 +153,7 @@ def make_ppo(env_name: str, lr: float, chunk: int, quick: bool):
     from rejax import get_algo
 
     genv, env_params = gymnax.make(env_name)
-    config = dict(PPO_CONFIGS[env_name], learning_rate=lr)
-    if quick:
-        config.update(num_envs=2, num_steps=16, num_epochs=1, num_minibatches=1)
-        config["agent_kwargs"] = dict(config["agent_kwargs"], hidden_layer_sizes=QUICK["hidden"])
+    config = dict(ppo_config(env_name, quick), learning_rate=lr)
     algo = get_algo("ppo").create(
         env=five_tuple(genv),
         env_params=env_params,

@@ -39,3 +39,17 @@ def test_study_quick_q2_equal_cpu_budgets_and_both_learn(tmp_path: Path) -> None
                 assert run["cpu_s_to_threshold"] == curve[hit]["cpu_s"]
         lo, hi = m["final_return_ci95"]
         assert lo <= m["final_return_median"] <= hi
+        # Counted FLOPs from the quick networks (4-8-2 actor, 4-8-1 critic, 1 PPO epoch):
+        # a policy forward per ES step; PPO's forward to act and value plus one epoch of
+        # forward and backward of both.
+        actor, critic = 2 * (4 * 8 + 8 * 2), 2 * (4 * 8 + 8 * 1)
+        per_step = (1 + 3 * 1) * (actor + critic) if name == "ppo" else actor
+        flops = m["flops"]
+        assert flops["flops_per_env_step"] == per_step
+        assert flops["final_per_run"] == [r["final_steps"] * per_step for r in runs]
+        for r, f in zip(runs, flops["to_threshold_per_run"], strict=True):
+            assert f == (
+                None if r["steps_to_threshold"] is None else r["steps_to_threshold"] * per_step
+            )
+    # The PPO configuration recorded is the one that ran (the quick one), not the published.
+    assert env["ppo_config"]["num_epochs"] == 1

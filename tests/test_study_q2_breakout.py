@@ -65,15 +65,28 @@ def _fake(env: str, threshold: float) -> dict:
         for k in (1, 2, 3)
     ]
     method = {"label": "PPO (rejax)", "setting": "learning_rate", "chosen": 0.001}
-    method.update(curve=curve, runs=[{}, {}])
-    return {"q2": {"envs": {env: {"threshold": threshold, "methods": {"ppo": method}}}}}
+    runs = [
+        {"steps_to_threshold": None, "final_steps": 30},
+        {"steps_to_threshold": 24, "final_steps": 36},
+    ]
+    method.update(curve=curve, runs=runs)
+    row = {"threshold": threshold, "ppo_config": {"num_epochs": 4}, "methods": {"ppo": method}}
+    return {"q2": {"envs": {env: row}}}
 
 
 def test_plot_from_several_jsons(q2, tmp_path: Path) -> None:
-    study_q2, _ = q2
+    study_q2, ppo = q2
     a, b, png = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "q2.png"
     a.write_text(json.dumps(_fake("CartPole-v1", 500.0)))
     b.write_text(json.dumps(_fake(ENV, 10.0)))
     study_q2.main(["--plot-from", str(a), str(b), "--png", str(png)])
-    assert list(study_q2.merge([a, b])["envs"]) == ["CartPole-v1", ENV]
+    merged = study_q2.merge([a, b])
+    assert list(merged["envs"]) == ["CartPole-v1", ENV]
+    # Breakout's PPO FLOPs per step from the published networks (400-64-64-3 actor, 400-64-64-1
+    # critic): act and value once, then 4 epochs of forward and backward of both.
+    actor, critic = 2 * (400 * 64 + 64 * 64 + 64 * 3), 2 * (400 * 64 + 64 * 64 + 64)
+    flops = study_q2.annotate(merged, ppo.HIDDEN)["envs"][ENV]["methods"]["ppo"]["flops"]
+    assert flops["flops_per_env_step"] == (1 + 3 * 4) * (actor + critic) == 1_550_848
+    assert flops["to_threshold_per_run"] == [None, 24 * 1_550_848]
+    assert flops["to_threshold_median"] is None  # one of two runs never reached it: inf
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
