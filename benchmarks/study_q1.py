@@ -22,9 +22,8 @@ contenders (their grids, FLOPs and runners) are in ``benchmarks/study_q1_contend
   (``DeepGA``) (the initial population's spread ``std`` around the initialisation swept: it
   sets the scale of every PSO / DE step, and it is the GA's mutation scale). Full CMA-ES holds
   and decomposes a D x D covariance per configuration, 15 configurations batched: it runs
-  only where D <= ``MAX_D_FULL_COVARIANCE`` and is recorded as "not run, D too large" above:
-  at D = 1,066 (h = 12) one generation cost 3.5 s per run here (``CMA_NOT_RUN``), so it
-  runs at no size of the full run, only in the quick mode's sizes if asked.
+  only where D <= ``MAX_D_FULL_COVARIANCE`` (h = 12, D = 1,066, in the full run) and is
+  recorded as "not run, D too large" above it (the costs measured are in ``CMA_NOT_RUN``).
   Every seed x setting of one method runs as one compiled program: ``Evolution.sweep`` for
   the ES, ``jit(vmap(...))`` of a ``lax.scan`` chunk for the gradient methods.
   Seeds draw the minibatches (and the ES noise).
@@ -35,7 +34,8 @@ contenders (their grids, FLOPs and runners) are in ``benchmarks/study_q1_contend
   its FLOPs to target (a seed that never reaches it counts as infinite); the smallest score is
   chosen.
 * **Reduced tuning above h = 160** (a budget cut, labelled in the JSON: ``tuning`` per size):
-  at h = 320 and 1000 only ``large_methods`` run (Adam, SGD + momentum, OpenAI-ES), each with
+  at h = 320 and 1000 only ``large_methods`` run (Adam, SGD + momentum, OpenAI-ES; at h = 320
+  also low-rank ES, PGPE, SNES and sep-CMA-ES, ``large_methods_extra``), each with
   the one setting it chose at h = 160, 5 seeds (gradient methods too, for an equal tuning
   budget). An OpenAI-ES generation costs about 0.5 s per run at h = 320 and several seconds
   at h = 1000 on this machine's 2 shared cores, so 15 runs x up to 200 generations per method
@@ -107,6 +107,8 @@ SETS = {
         "hidden": (12, 32, 80, 160, 320, 1000),
         "tuned_up_to": 160,  # above: the setting chosen at this size only
         "large_methods": ("adam", "sgd_momentum", "open_es"),
+        # at h = 320 (D = 126,730) the other distribution-based strategies fit the budget too
+        "large_methods_extra": {320: ("lowrank_es", "pgpe", "snes", "sep_cma_es")},
         "one_seed_per_call_above_D": 500_000,
         "population": 256,
         "batch": 256,
@@ -198,6 +200,15 @@ def _reused(path: str | None) -> dict[str, Any] | None:
     return data.get("q1", data)
 
 
+def _extra(cfg: dict[str, Any]) -> dict[int, tuple[str, ...]]:
+    return cfg.get("large_methods_extra", {})
+
+
+def _large(cfg: dict[str, Any], h: int) -> tuple[str, ...]:
+    """The methods run at a reduced size ``h``: ``large_methods`` and that size's extras."""
+    return tuple(cfg["large_methods"]) + tuple(_extra(cfg).get(h, ()))
+
+
 def _kind(method: str) -> str:
     return CONTENDERS[method]["kind"] if CONTENDERS[method]["kind"] == "gradient" else "es"
 
@@ -260,6 +271,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "check_every": {m: cfg["every"][_kind(m)] for m in listed},
         "tuned_up_to_hidden": cfg["tuned_up_to"],
         "large_methods": list(cfg["large_methods"]),
+        "large_methods_extra": {str(h): list(m) for h, m in _extra(cfg).items()},
         "max_D_full_covariance": MAX_D_FULL_COVARIANCE,
         "flops_formula": {
             "forward": "F(B) = 2 * B * sum(fan_in * fan_out) over the 3 weight matrices",
@@ -291,7 +303,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         row["tuning"] = (
             "3 settings x seeds, chosen on validation"
             if tuned
-            else f"reduced: only {', '.join(cfg['large_methods'])}, each with the setting it "
+            else f"reduced: only {', '.join(_large(cfg, h))}, each with the setting it "
             f"chose at h = {cfg['tuned_up_to']}"
         )
         test_fn = accuracy_fn(network, x_te, y_te)
@@ -308,7 +320,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 reason = CMA_NOT_RUN
             elif method in dropped:
                 reason = f"reached the target with no setting at h = {dropped[method]} (fail-fast)"
-            elif not tuned and (method not in cfg["large_methods"] or method not in chosen_at):
+            elif not tuned and (method not in _large(cfg, h) or method not in chosen_at):
                 reason = "reduced budget above the tuned sizes"
             elif deadline is not None and time.perf_counter() - t_start > deadline:
                 reason = f"out of time (--q1-deadline-s {deadline:g})"

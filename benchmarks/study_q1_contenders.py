@@ -75,16 +75,17 @@ for _c in CONTENDERS.values():
         _c["param"] = "learning_rate"
 METHODS = tuple(CONTENDERS)
 GRADIENT = tuple(m for m, c in CONTENDERS.items() if c["kind"] == "gradient")
-# Full CMA-ES eigendecomposes its D x D covariance every generation, per configuration: one
-# jnp.linalg.eigh took 0.39 s at D = 1,066 (h = 12) and 17.8 s at 3,466 (h = 32) here, and a
-# sweep of 3 settings x 1 seed at D = 1,066 ran 15 generations in 158 s (10.5 s a generation,
-# load 5.5, beside this study's own run). sep-CMA-ES needed a median 155 generations there,
-# so the 15-run tuning would take ~15 x 155 x 3.5 s, about 2.3 hours: over this study's budget
-# at every size of the full run (the quick sizes, D <= 1,000, would run it).
-MAX_D_FULL_COVARIANCE = 1000
+# Full CMA-ES eigendecomposes its D x D covariance every generation, per configuration. At
+# D = 1,066 (h = 12) one generation of a single run took 0.25 s here (jnp.linalg.eigh 0.07 s,
+# 0.19 s for 3 batched; 2026-12-02 21:25 UTC, load 0.3), so its 15-run tuning (up to 200
+# generations) fits; an earlier 3.5 s per generation per run was measured beside this study's
+# own run at load 5.5. At D = 3,466 (h = 32) one eigh took 1.5 s and 3 batched 5.6 s, so 15
+# batched runs would cost ~28 s a generation, ~1.2 h for sep-CMA-ES's median 155 generations:
+# over this study's budget, and more so at every larger size.
+MAX_D_FULL_COVARIANCE = 1100
 CMA_NOT_RUN = (
-    "D too large for full CMA-ES here: 3.5 s per generation per run measured at D = 1,066 "
-    "(~2.3 h for 15 runs x 155 generations); 17.8 s per eigendecomposition at D = 3,466"
+    "D too large for full CMA-ES here: one eigendecomposition took 1.5 s at D = 3,466 (5.6 s "
+    "for 3 batched), ~28 s a generation for 15 batched runs (~1.2 h for 155 generations)"
 )
 
 
