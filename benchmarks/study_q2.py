@@ -38,7 +38,9 @@ environment step, so every figure can also be read at equal FLOPs (third row of 
 * Choosing: each configuration runs on two **tuning seeds** (100, 101); the one with the
   highest median final evaluation return is chosen (ties: the earlier median time to the
   threshold) and run again on five fresh **report seeds** (0-4); only those are reported. RL
-  has no held-out split; fresh seeds play its part.
+  has no held-out split; fresh seeds play its part. ``--q2-chosen-from PATH`` skips the tuning
+  and runs each method's setting chosen in an earlier run (recorded as ``chosen_from``), for a
+  longer budget whose tuning would not fit.
 * Equal compute, measured as **CPU seconds per run**: every method gets the same budget of
   process CPU time per run (``--q2-budget``, per environment), which is robust to other jobs on
   this shared machine in a way wall time is not; wall seconds are recorded next to it. The
@@ -244,11 +246,15 @@ def summarise(runs: list[dict], threshold: float) -> dict[str, Any]:
     return out
 
 
-def run_method(env_name: str, method: str, spec: dict, quick: bool) -> dict[str, Any]:
+def run_method(
+    env_name: str, method: str, spec: dict, quick: bool, chosen: float | None = None
+) -> dict[str, Any]:
+    """One method on one environment: tuning on the tuning seeds, then the chosen setting on the
+    report seeds. With ``chosen`` (a setting an earlier run chose) the tuning is skipped."""
     threshold = spec["threshold"]
     # --quick checks the pipeline, not the tuning: one configuration per method (every PPO
     # learning rate is its own compilation, ~30 s each here), no tuning phase.
-    tune = [] if quick else TUNE_SEEDS
+    tune = [] if quick or chosen is not None else TUNE_SEEDS
     report = REPORT_SEEDS[:2] if quick else REPORT_SEEDS
     if method == "ppo":
         base = PPO_CONFIGS[env_name]["learning_rate"]
@@ -256,7 +262,7 @@ def run_method(env_name: str, method: str, spec: dict, quick: bool) -> dict[str,
         setting = "learning_rate"
     else:
         setting, grid = ES_GRIDS[method]
-    grid = grid[1:2] if quick else grid
+    grid = [chosen] if chosen is not None else grid[1:2] if quick else grid
     runs_by_value: dict[float, list[dict]] = {v: [] for v in grid}
     compile_s: list[float] = []
     if tune and method == "ppo":
@@ -310,17 +316,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--q2-budget", type=float, default=None, help="Q2: CPU seconds per run, every env"
     )
+    parser.add_argument(
+        "--q2-chosen-from",
+        default=None,
+        help="Q2: an earlier JSON; each method runs the setting chosen there, without tuning",
+    )
+
+
+def _chosen(earlier: dict | None, env_name: str, method: str) -> float | None:
+    """The setting ``method`` chose on ``env_name`` in an earlier run, if one is given."""
+    if earlier is None:
+        return None
+    chosen = earlier.get(env_name, {}).get("methods", {}).get(method, {}).get("chosen")
+    if chosen is None:
+        have = {e: sorted(r["methods"]) for e, r in earlier.items()}
+        raise ValueError(f"--q2-chosen-from has no {method} on {env_name}; it has {have}")
+    return chosen
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     quick = args.quick
     envs = args.q2_envs or (QUICK["envs"] if quick else list(ENVS))
     out: dict[str, Any] = {"design": __doc__.split("\n\n", 1)[1].strip(), "envs": {}}
+    earlier = merge([args.q2_chosen_from])["envs"] if args.q2_chosen_from else None
+    methods_of = {
+        e: [m for m in ENVS[e]["methods"] if args.q2_methods is None or m in args.q2_methods]
+        for e in envs
+    }
+    for env_name, methods in methods_of.items():  # before anything runs
+        for method in methods:
+            _chosen(earlier, env_name, method)
     for env_name in envs:
         spec = dict(ENVS[env_name])
         if args.q2_budget is not None:
             spec["budget_cpu_s"] = args.q2_budget
-        methods = [m for m in spec["methods"] if args.q2_methods is None or m in args.q2_methods]
+        methods = methods_of[env_name]
         row: dict[str, Any] = {
             "threshold": spec["threshold"],
             "budget_cpu_s_per_run": QUICK["budget_cpu_s"] if quick else spec["budget_cpu_s"],
@@ -330,7 +360,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         for method in methods:
             load0 = [round(v, 2) for v in os.getloadavg()]
-            m = row["methods"][method] = run_method(env_name, method, spec, quick)
+            chosen = _chosen(earlier, env_name, method)
+            m = row["methods"][method] = run_method(env_name, method, spec, quick, chosen)
+            if chosen is not None:
+                m["chosen_from"] = args.q2_chosen_from  # no tuning in this run
             m["loadavg"] = [load0, [round(v, 2) for v in os.getloadavg()]]
             print(
                 f"[q2] {env_name} {method}: chosen {m['setting']} {m['chosen']}, final return "

@@ -90,3 +90,20 @@ def test_plot_from_several_jsons(q2, tmp_path: Path) -> None:
     assert flops["to_threshold_per_run"] == [None, 24 * 1_550_848]
     assert flops["to_threshold_median"] is None  # one of two runs never reached it: inf
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_chosen_from_names_what_is_missing_before_anything_runs(q2, tmp_path: Path) -> None:
+    """``--q2-chosen-from`` reads every method's setting before the first run, and an earlier
+    run without one of them is refused with what it does have."""
+    import argparse
+
+    study_q2, _ = q2
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps(_fake("CartPole-v1", 500.0)))
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    study_q2.add_arguments(parser)
+    args = parser.parse_args(["--q2-envs", ENV, "--q2-chosen-from", str(earlier)])
+    with pytest.raises(ValueError, match=r"no ppo on Breakout-MinAtar; it has \{'CartPole-v1'"):
+        study_q2.run(args)
+    assert study_q2._chosen(study_q2.merge([earlier])["envs"], "CartPole-v1", "ppo") == 0.001
