@@ -66,6 +66,10 @@ contenders (their grids, FLOPs and runners) are in ``benchmarks/study_q1_contend
   the target at a tuned size is not run at the larger sizes (recorded as not run, with the
   size where it failed); the recorded failure is censored at its cap, never extrapolated.
 * ``--q1-deadline-s`` starts no method after that many seconds (recorded "out of time").
+* ``--q1-gradient-space`` tunes Adam and SGD + momentum over their 3 learning rates x a
+  schedule (constant, or cosine decay to 0 over the cap) x a weight decay (0, 1e-4, 1e-3;
+  AdamW's decoupled decay for Adam, L2 for SGD): 18 configurations, a check that more tuning
+  of the winners does not change the answer (it breaks the equal budget in their favour).
 * ``--q1-reuse PATH`` takes the methods this run does not run from an earlier Q1 JSON (each
   such entry is marked ``reused_from``), so a run of new contenders gives one table and plot.
 """
@@ -93,6 +97,7 @@ from study_q1_contenders import (
     STD,
     accuracy_fn,
     flops_per_step,
+    gradient_space,
     run_es,
     run_gradient,
 )
@@ -191,6 +196,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--q1-reuse", default=None, help="Q1: an earlier JSON; methods not run here come from it"
     )
+    parser.add_argument(
+        "--q1-gradient-space",
+        action="store_true",
+        help="Q1: Adam / SGD over learning rate x schedule x weight decay (18 configurations)",
+    )
 
 
 def _reused(path: str | None) -> dict[str, Any] | None:
@@ -264,6 +274,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "methods_run": list(methods),
         "methods_reused": [m for m in listed if m not in methods],
         "reused_from": args.q1_reuse,
+        "gradient_space": (
+            "Adam and SGD + momentum tuned over learning rate x schedule (constant, cosine to 0 "
+            "over the cap) x weight decay (0, 1e-4, 1e-3): 18 configurations, more than the "
+            "3 of every other contender"
+            if args.q1_gradient_space
+            else None
+        ),
         "contenders": {
             m: {k: CONTENDERS[m][k] for k in ("label", "kind", "param", "grid")} for m in listed
         },
@@ -329,6 +346,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 continue
             if args.q1_lrs:
                 grid = list(args.q1_lrs)  # a sensitivity check
+            elif tuned and args.q1_gradient_space and method in GRADIENT:
+                grid = gradient_space(CONTENDERS[method]["grid"])  # a check on the winners
             else:
                 grid = CONTENDERS[method]["grid"] if tuned else [chosen_at[method]]
             limit = cfg["one_seed_per_call_above_D"]

@@ -210,36 +210,74 @@ def run_es(evo, method, grid, seeds, cap, every, target, test_fn, one_seed_per_c
     return tracker, {"compile": round(compile_s, 2), "run": round(tracker.run_s, 2)}
 
 
+# The gradient methods' wider space (``--q1-gradient-space``): each learning rate of the grid
+# x a schedule (constant, or cosine decay to 0 over the cap) x a weight decay (decoupled from
+# Adam's scaling as in AdamW; added to SGD's gradient before the momentum, as L2).
+SCHEDULES, WEIGHT_DECAYS = ("constant", "cosine"), (0.0, 1e-4, 1e-3)
+
+
+def gradient_space(lrs: list[float]) -> list[dict[str, Any]]:
+    return [
+        {"learning_rate": lr, "schedule": sched, "weight_decay": wd}
+        for lr in lrs
+        for sched in SCHEDULES
+        for wd in WEIGHT_DECAYS
+    ]
+
+
+def _setting(v: float | dict[str, Any]) -> tuple[float, float, float]:
+    """(learning rate, 1 for a cosine schedule, weight decay) of a grid entry: a learning
+    rate alone means a constant schedule and no weight decay."""
+    if not isinstance(v, dict):
+        return float(v), 0.0, 0.0
+    return v["learning_rate"], float(v["schedule"] == "cosine"), v["weight_decay"]
+
+
+def gradient_update(method, opt, theta, g, opt_state, lr, cos, wd, t, cap):
+    """One step of ``opt`` (``scale_by_adam`` or ``trace``) at step ``t``: the learning rate
+    ``lr``, cosine-decayed to 0 over ``cap`` steps where ``cos`` is 1; weight decay ``wd``
+    decoupled for Adam (AdamW's) and added to the gradient for SGD (L2 through the momentum)."""
+    decoupled = method == "adam"
+    g = g if decoupled else g + wd * theta
+    u, opt_state = opt.update(g, opt_state)
+    u = u + wd * theta if decoupled else u
+    decay = 0.5 * (1 + jnp.cos(jnp.pi * jnp.minimum(t, cap) / cap))
+    lr_t = lr * jnp.where(cos > 0, decay, 1.0)
+    return theta - lr_t * u, opt_state
+
+
 def run_gradient(method, network, task, val, grid, seeds, cap, every, target, test_fn):
     """Adam (optax.scale_by_adam) or SGD with momentum 0.9 (optax.trace) from the network's
     initialisation, on the library's own minibatch sampler (the one the ES's fitness draws
-    from); the update is ``theta - lr * direction``."""
+    from); the update is ``theta - lr_t * direction``, ``lr_t`` the configuration's learning
+    rate under its schedule. A grid entry is a learning rate or a ``gradient_space`` dict."""
     bound = task.bind(network)
     sample, loss_on = bound.extra["sample"], bound.extra["loss_on"]
     theta0 = network.theta0
     val_acc = accuracy_fn(network, *val)
     opt = {"adam": optax.scale_by_adam(), "sgd_momentum": optax.trace(decay=0.9)}[method]
-    configs = [(s, lr) for s in seeds for lr in grid]
-    lrs = jnp.asarray([lr for _, lr in configs], jnp.float32)
+    configs = [(s, v) for s in seeds for v in grid]
+    settings = np.asarray([_setting(v) for _, v in configs], np.float32)  # (configs, 3)
+    lrs, cosine, wds = (jnp.asarray(settings[:, i]) for i in range(3))
     keys = jax.vmap(jax.random.key)(jnp.asarray([s + 7919 for s, _ in configs]))
 
-    def one(theta, opt_state, lr, key, start):
+    def one(theta, opt_state, lr, cos, wd, key, start):
         def step(carry, i):
             theta, opt_state = carry
-            x, y = sample(jax.random.fold_in(key, start + i))
+            t = start + i
+            x, y = sample(jax.random.fold_in(key, t))
             g = jax.grad(loss_on)(theta, x, y)
-            u, opt_state = opt.update(g, opt_state)
-            return (theta - lr * u, opt_state), None
+            return gradient_update(method, opt, theta, g, opt_state, lr, cos, wd, t, cap), None
 
         (theta, opt_state), _ = jax.lax.scan(step, (theta, opt_state), jnp.arange(every))
         return theta, opt_state
 
-    chunk = jax.jit(jax.vmap(one, in_axes=(0, 0, 0, 0, None)))
+    chunk = jax.jit(jax.vmap(one, in_axes=(0, 0, 0, 0, 0, 0, None)))
     C = len(configs)
     thetas = jnp.tile(theta0[None], (C, 1))
     states = jax.vmap(opt.init)(thetas)
     t0 = time.perf_counter()
-    compiled = chunk.lower(thetas, states, lrs, keys, jnp.int32(0)).compile()
+    compiled = chunk.lower(thetas, states, lrs, cosine, wds, keys, jnp.int32(0)).compile()
     compile_s = time.perf_counter() - t0
     val_acc(thetas).block_until_ready()
     group = np.array([grid.index(lr) for _, lr in configs])
@@ -247,7 +285,7 @@ def run_gradient(method, network, task, val, grid, seeds, cap, every, target, te
     run_s = 0.0
     for start in range(0, cap, every):
         t0 = time.perf_counter()
-        thetas, states = compiled(thetas, states, lrs, keys, jnp.int32(start))
+        thetas, states = compiled(thetas, states, lrs, cosine, wds, keys, jnp.int32(start))
         val = np.asarray(val_acc(thetas))
         run_s += time.perf_counter() - t0
         if tracker.update(start + every, val, run_s, lambda: thetas):  # noqa: B023
