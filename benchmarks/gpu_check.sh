@@ -9,6 +9,10 @@
 #     GPU_CHECK_PYTHON=python3 bash benchmarks/gpu_check.sh   # use an interpreter that already
 #                                                  # has CUDA JAX, flax, optax and evosax
 #                                                  # (a machine with no package index)
+#     GPU_CHECK_SWEEP=1 bash benchmarks/gpu_check.sh  # then also benchmarks/sweep.py (both
+#                                                  # workloads, 2 repeats; its JSON in
+#                                                  # gpu_sweep.json): the sweep ratios of
+#                                                  # issue 12, a few more minutes
 #
 # Record the result in benchmarks/RESULTS.md with the date and the device.
 set -euo pipefail
@@ -31,3 +35,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >&
 "$PYTHON" -c "import jax; print('jax', jax.__version__, jax.devices())" >&2
 echo "setup took $(( $(date +%s) - start )) s" >&2
 "$PYTHON" benchmarks/gpu_check.py "$@" | tee gpu_check.json
+if [ "${GPU_CHECK_SWEEP:-0}" = "1" ]; then
+  "$PYTHON" benchmarks/sweep.py --repeats 2 --out gpu_sweep.json >&2
+  cat gpu_sweep.json
+fi
