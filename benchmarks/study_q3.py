@@ -291,12 +291,12 @@ def compare(out: dict[str, Any]) -> None:
     }
 
 
-def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """One Q3 report from two ``study.py`` reports of the same protocol whose contenders differ
-    (for example the hybrids added to an earlier run): the tasks' contenders of both, in
-    ``CONTENDERS`` order, each keeping its run's wall times and loads, and the comparison
-    redone. Both commands are kept."""
-    q, more = json.loads(json.dumps(base["q3"])), extra["q3"]
+def merge_sections(earlier: dict[str, Any], more: dict[str, Any]) -> dict[str, Any]:
+    """One Q3 section from two of the same protocol whose contenders differ (for example the
+    hybrids added to an earlier run): the tasks' contenders of both in ``CONTENDERS`` order (a
+    contender in both: the later run's), each keeping its run's wall times and loads, and the
+    comparison redone. Refused when budgets, seeds, thresholds or shared settings differ."""
+    q = json.loads(json.dumps(earlier))
     if any(q["settings"][k] != v for k, v in more["settings"].items() if k in q["settings"]):
         raise ValueError("the two runs differ in their shared settings; they cannot be merged")
     q["settings"] |= more["settings"]
@@ -317,6 +317,12 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
         k for k in CONTENDERS if k in q["size"]["contenders"] or k in more["size"]["contenders"]
     ]
     q["left_out"] = more["left_out"]
+    return q
+
+
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """:func:`merge_sections` of two whole ``study.py`` reports; both commands are kept."""
+    q = merge_sections(base["q3"], extra["q3"])
     merged = {**base, "q3": q, "commands": [base["command"], extra["command"]]}
     merged["environments"] = [base["environment"], extra["environment"]]
     return merged
@@ -327,6 +333,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--q3-contenders", nargs="+", default=None, choices=list(CONTENDERS))
     parser.add_argument("--q3-equivalents", type=int, default=None, help="Q3: budget E")
     parser.add_argument("--q3-tune-seeds", type=int, default=None, help="Q3: tuning seeds")
+    parser.add_argument(
+        "--q3-reuse",
+        default=None,
+        help="Q3: an earlier JSON; contenders not run here come from it (merge_sections)",
+    )
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -358,9 +369,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "left_out": ["Adam schedules and weight decay (only the learning rate is tuned)"],
         "tasks": {},
     }
+    earlier = json.loads(Path(args.q3_reuse).read_text())["q3"] if args.q3_reuse else None
+    if earlier is not None and not set(size["tasks"]) <= set(earlier["tasks"]):
+        raise ValueError(f"--q3-reuse {args.q3_reuse} has tasks {sorted(earlier['tasks'])}")
     for task in size["tasks"]:
         report["tasks"][task] = run_task(task, size)
-    return report
+    if earlier is None:
+        return report
+    earlier["tasks"] = {k: v for k, v in earlier["tasks"].items() if k in size["tasks"]}
+    return {**merge_sections(earlier, report), "reused_from": args.q3_reuse}
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
@@ -405,7 +422,9 @@ def plot(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-if __name__ == "__main__":  # python benchmarks/study_q3.py BASE.json EXTRA.json OUT.json [PNG]
+# python benchmarks/study_q3.py BASE.json EXTRA.json OUT.json [PNG]: two finished runs merged
+# (``study.py --questions q3 --q3-contenders ... --q3-reuse BASE.json`` does it in one run).
+if __name__ == "__main__":
     import sys
 
     base_path, extra_path, out_path, *png = sys.argv[1:]
