@@ -384,7 +384,7 @@ def _version(name: str) -> str:
 # The questions, in the order they run. Q6 lives here; every other question is a module
 # ``benchmarks/study_<q>.py`` with ``add_arguments(parser)``, ``run(args) -> dict`` (its JSON
 # section) and ``plot(report, path)``; its flags are prefixed ``--<q>-``.
-QUESTIONS = ("q1", "q2", "q3", "q4", "q5", "q6")
+QUESTIONS = ("q1", "q2", "q3", "q3d", "q4", "q5", "q6")
 
 
 def _question(q: str) -> Any:
