@@ -28,12 +28,19 @@ own sampler, ``Supervised(batch_size=256)``).
   mutation std LogUniform(3e-3, 1e-1) (around hybrid.py's 0.02), inner Adam learning rate
   LogUniform(1e-4, 3e-2) (Adam's range; hybrid.py used 1e-3).
 
-**Early stopping on validation.** Validation accuracy is read at the start and at ``points``
-checkpoints evenly through the budget; a run's answer is its checkpoint with the highest
-validation accuracy (the first such). Tuning: each configuration on the tuning seeds (100-102),
-score = median over seeds of the best validation accuracy; the configuration with the highest
-score is chosen (the first on a tie). The chosen configuration then runs on fresh test seeds
-(0-4); test accuracy is read once per run, at its best-validation checkpoint, and only there.
+**Early stopping on validation.** Validation accuracy is read at the start and at up to
+``points`` checkpoints spaced geometrically from ``E / 400`` gradient-step equivalents to the
+end of the budget (each contender's units rounded to whole steps or generations, duplicates
+dropped: 25 for the Adam-type contenders, fewer for the GA's 50 generations); a run's answer is
+its checkpoint with the highest validation accuracy (the first such). The first full run used
+25 evenly spaced checkpoints (``--q3d-spacing linear``, every 400 steps) and AdamW's best was
+the first checkpoint on every test seed: its validation peak lies before 4% of the budget, so
+that grid could not stop it where it peaks; hence the geometric grid.
+
+**Tuning.** Each configuration on the tuning seeds (100-102), score = median over seeds of
+the best validation accuracy; the configuration with the highest score is chosen (the first on
+a tie). The chosen configuration then runs on fresh test seeds (0-4); test accuracy is read
+once per run, at its best-validation checkpoint, and only there.
 
 **Equal FLOPs.** ``F`` = forward FLOPs per example (``hybrid_race.dense_flops``), ``B = 256``.
 A gradient step costs ``3 B F``, a fitness evaluation ``B F``. The budget is ``E``
@@ -55,7 +62,7 @@ so each configuration is its own compiled program).
 **Comparison.** Medians over test seeds with ``study.bootstrap_median`` 95% intervals; the
 paired difference GA - AdamW per test seed (the same seed number; the draws differ, since the
 GA's come from the engine's keys), its median and interval, and wins / ties / losses.
-``--quick``: E = 256, K = 5, 4 checkpoints, 2 configurations, 2 tuning and 3 test seeds.
+``--quick``: E = 256, K = 5, up to 4 checkpoints, 2 configurations, 2 tuning and 3 test seeds.
 """
 
 from __future__ import annotations
@@ -96,13 +103,24 @@ SPACES = {
     "lamarckian_ga": "mutation std LogU(3e-3, 1e-1); inner Adam lr LogU(1e-4, 3e-2)",
 }
 LR_RANGE = {"adamw": (1e-4, 3e-2), "sgd_momentum": (1e-3, 3e-1)}
+FIRST_FRACTION = 1 / 400  # the first geometric checkpoint, as a fraction of the budget
 SPACE_SEED, BATCH, MOMENTUM, GA_POP, GA_PARENTS, GA_ELITES = 2026, 256, 0.9, 4, 2, 1
 SIZES = {
-    "full": {"equivalents": 10_000, "ga_steps": 50, "points": 25, "configs": 6}
+    "full": {"equivalents": 10_000, "ga_steps": 50, "points": 25, "configs": 6, "spacing": "log"}
     | {"tune_seeds": [100, 101, 102], "test_seeds": [0, 1, 2, 3, 4]},
-    "quick": {"equivalents": 256, "ga_steps": 5, "points": 4, "configs": 2}
+    "quick": {"equivalents": 256, "ga_steps": 5, "points": 4, "configs": 2, "spacing": "log"}
     | {"tune_seeds": [100, 101], "test_seeds": [0, 1, 2]},
 }
+
+
+def checkpoint_units(units: int, points: int, spacing: str) -> list[int]:
+    """0 and up to ``points`` checkpoints (whole units, increasing, the last ``units``):
+    evenly spaced, or geometric from ``FIRST_FRACTION`` of the budget."""
+    if spacing == "linear":
+        grid = np.arange(1, points + 1) * units / points
+    else:
+        grid = np.geomspace(FIRST_FRACTION * units, units, points)
+    return [0, *sorted({max(1, round(float(g))) for g in grid})]
 
 
 def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
@@ -168,11 +186,11 @@ def _optimizer(name: str, lr, wd, cosine, steps: int) -> optax.GradientTransform
     return optax.chain(optax.add_decayed_weights(wd), optax.sgd(schedule, momentum=MOMENTUM))
 
 
-def run_gradient(prob: Digits, name: str, configs, seeds, steps: int, points: int):
-    """Every (configuration, seed), configuration-major, in one ``jit(vmap(scan))``. Returns
-    per run the validation curve (start + ``points`` checkpoints), the best checkpoint found
-    inside the scan, its weights, and the wall times."""
-    every = steps // points
+def run_gradient(prob: Digits, name: str, configs, seeds, steps: int, ckpts: list[int]):
+    """Every (configuration, seed), configuration-major, in one ``jit(vmap(scan))`` over the
+    checkpoints ``ckpts`` (steps, from 0). Returns per run the validation curve (one value per
+    checkpoint), the best checkpoint found inside the scan, its weights, the checkpoints and
+    the wall times."""
     val_x = prob.accuracy["validation"]
 
     def one(key, lr, wd, cosine):
@@ -181,17 +199,17 @@ def run_gradient(prob: Digits, name: str, configs, seeds, steps: int, points: in
         opt = _optimizer(name, lr, wd, cosine, steps)
         score = lambda th: val_x(th[None])[0]
 
-        def step(carry, k):
+        def step(t, carry):  # step t's minibatch from the run's data key
             th, st = carry
-            x, y = prob.sample(k)
+            x, y = prob.sample(jax.random.fold_in(k_data, t))
             g = jax.grad(prob.loss_on)(th, x, y)
             u, st = opt.update(g, st, th)
-            return (optax.apply_updates(th, u), st), None
+            return optax.apply_updates(th, u), st
 
         def chunk(carry, inp):
             th, st, best_th, best_v, best_i = carry
-            i, keys = inp
-            (th, st), _ = jax.lax.scan(step, (th, st), keys)
+            i, start, end = inp
+            th, st = jax.lax.fori_loop(start, end, step, (th, st))
             v = score(th)
             better = v > best_v  # strict: the first checkpoint with the highest accuracy
             best_th = jnp.where(better, th, best_th)
@@ -199,10 +217,11 @@ def run_gradient(prob: Digits, name: str, configs, seeds, steps: int, points: in
             return (th, st, best_th, jnp.maximum(v, best_v), best_i), v
 
         v0 = score(theta0)
-        keys = jax.random.split(k_data, points * every).reshape(points, every)
+        bounds = jnp.asarray(ckpts, jnp.int32)
         carry0 = (theta0, opt.init(theta0), theta0, v0, jnp.int32(0))
-        idx = jnp.arange(1, points + 1, dtype=jnp.int32)
-        (_, _, best_th, _, best_i), vals = jax.lax.scan(chunk, carry0, (idx, keys))
+        idx = jnp.arange(1, len(ckpts), dtype=jnp.int32)
+        xs = (idx, bounds[:-1], bounds[1:])
+        (_, _, best_th, _, best_i), vals = jax.lax.scan(chunk, carry0, xs)
         return jnp.concatenate([v0[None], vals]), best_i, best_th
 
     rows = [(c, s) for c in configs for s in seeds]
@@ -217,8 +236,7 @@ def run_gradient(prob: Digits, name: str, configs, seeds, steps: int, points: in
     curves, best_i, answers = jax.block_until_ready(compiled(keys, lr, wd, cos))
     run_s = time.perf_counter() - t0
     wall = {"compile": round(compile_s, 2), "run": round(run_s, 2), "runs": len(rows)}
-    units = [i * every for i in range(points + 1)]
-    return np.asarray(curves, np.float64), np.asarray(best_i), answers, units, wall
+    return np.asarray(curves, np.float64), np.asarray(best_i), answers, ckpts, wall
 
 
 def make_ga(prob: Digits, config: dict[str, Any], ga_steps: int) -> Evolution:
@@ -237,34 +255,32 @@ def make_ga(prob: Digits, config: dict[str, Any], ga_steps: int) -> Evolution:
     )
 
 
-def run_ga(prob: Digits, configs, seeds, generations: int, points: int, ga_steps: int):
+def run_ga(prob: Digits, configs, seeds, generations: int, ckpts: list[int], ga_steps: int):
     """One ``Evolution.sweep`` over the seeds per configuration; the answers
-    (``solution_theta``) at the start and after every chunk, scored on validation here. The
-    same returns as :func:`run_gradient`."""
-    chunk = -(-generations // points)
+    (``solution_theta``) at the start and after every generation, those at the checkpoints
+    ``ckpts`` (generations) scored on validation here. The same returns as
+    :func:`run_gradient`."""
     curves, best, answers, wall = [], [], [], {"compile": 0.0, "run": 0.0, "runs": 0}
-    units: list[int] = []
     for config in configs:
         cb = _Answers()
         evo = make_ga(prob, config, ga_steps)
-        result = evo.sweep(
-            seeds, generations, chunk_size=chunk, callbacks=[cb], std=[config["std"]]
-        )
+        result = evo.sweep(seeds, generations, chunk_size=1, callbacks=[cb], std=[config["std"]])
         assert [c["seed"] for c in result.configs] == list(seeds)
         assert cb.units[-1] == generations, (cb.units, generations)
-        vals = np.stack([np.asarray(prob.accuracy["validation"](a)) for a in cb.answers], 1)
+        assert cb.units == list(range(generations + 1))
+        picked = [cb.answers[u] for u in ckpts]
+        vals = np.stack([np.asarray(prob.accuracy["validation"](a)) for a in picked], 1)
         i = np.argmax(vals, axis=1)  # the first checkpoint with the highest accuracy
-        stacked = jnp.stack(cb.answers, 1)  # (seeds, checkpoints, D)
+        stacked = jnp.stack(picked, 1)  # (seeds, checkpoints, D)
         curves.append(vals.astype(np.float64))
         best.append(i)
         answers.append(stacked[jnp.arange(len(seeds)), jnp.asarray(i)])
         wall["compile"] += round(cb.compile_s, 2)
         wall["run"] += round(cb.wall - cb.compile_s - cb.overhead, 2)
         wall["runs"] += len(seeds)
-        units = cb.units
     wall = {k: round(v, 2) for k, v in wall.items()}
     answers_all = jnp.concatenate(answers)
-    return np.concatenate(curves), np.concatenate(best), answers_all, units, wall
+    return np.concatenate(curves), np.concatenate(best), answers_all, ckpts, wall
 
 
 def budget(prob: Digits, name: str, E: int, ga_steps: int) -> tuple[int, float]:
@@ -282,11 +298,12 @@ def run_contender(prob: Digits, name: str, size: dict[str, Any]) -> dict[str, An
     tune, test = size["tune_seeds"], size["test_seeds"]
     configs = draw_configs(name, size["configs"])
     units, per_unit = budget(prob, name, E, K)
+    ckpts = checkpoint_units(units, points, size["spacing"])
 
     def go(cfgs, seeds):
         if name in GRADIENT:
-            return run_gradient(prob, name, cfgs, seeds, units, points)
-        return run_ga(prob, cfgs, seeds, units, points, K)
+            return run_gradient(prob, name, cfgs, seeds, units, ckpts)
+        return run_ga(prob, cfgs, seeds, units, ckpts, K)
 
     curves, _, _, _, wall_tune = go(configs, tune)
     best_val = curves.max(axis=1).reshape(len(configs), len(tune))
@@ -360,6 +377,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--q3d-contenders", nargs="+", default=None, choices=list(CONTENDERS))
     parser.add_argument("--q3d-equivalents", type=int, default=None, help="Q3d: budget E")
     parser.add_argument("--q3d-configs", type=int, default=None, help="Q3d: configurations")
+    parser.add_argument("--q3d-spacing", default=None, choices=["log", "linear"], help="Q3d")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -369,6 +387,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         size["equivalents"] = args.q3d_equivalents
     if args.q3d_configs is not None:
         size["configs"] = args.q3d_configs
+    if args.q3d_spacing is not None:
+        size["spacing"] = args.q3d_spacing
     prob = Digits()
     report: dict[str, Any] = {
         "question": "Q3d: hybrids on digits against a tuned Adam, equal FLOPs",
@@ -385,6 +405,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "ga_mode": "lamarckian, fresh Adam state each generation",
             "choice": "highest median (over tuning seeds) best validation accuracy; first on ties",
             "answer": "the first checkpoint with the highest validation accuracy",
+            "first_checkpoint_fraction": FIRST_FRACTION,
         },
         "flops_formula": {
             "gradient_step": "3 B F",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +37,13 @@ def test_study_quick_q3d_equal_flops_validation_choice_and_early_stopping(tmp_pa
         assert row["flops_per_unit"] == pytest.approx(_per_unit(name, q))
         assert row["flops"] == pytest.approx(row["units"] * row["flops_per_unit"])
         assert row["flops"] == pytest.approx(q["budget_flops"], rel=0.05)
-        assert row["checkpoint_units"][0] == 0 and row["checkpoint_units"][-1] == row["units"]
-        assert len(row["checkpoint_units"]) == size["points"] + 1
+        ckpts = row["checkpoint_units"]
+        assert ckpts[0] == 0 and ckpts[-1] == row["units"]
+        assert all(a < b for a, b in pairwise(ckpts))
+        assert len(ckpts) <= size["points"] + 1
+        # Geometric checkpoints: the first at the stated fraction of the budget.
+        first = q["settings"]["first_checkpoint_fraction"] * row["units"]
+        assert size["spacing"] == "log" and ckpts[1] == max(1, round(first))
         assert row["checkpoint_flops"] == pytest.approx(
             [u * row["flops_per_unit"] for u in row["checkpoint_units"]]
         )
@@ -56,7 +62,7 @@ def test_study_quick_q3d_equal_flops_validation_choice_and_early_stopping(tmp_pa
         assert [r["seed"] for r in row["test_runs"]] == test
         for run in row["test_runs"]:
             curve = np.asarray(run["validation_curve"], float)
-            assert len(curve) == size["points"] + 1
+            assert len(curve) == len(ckpts)
             assert run["best_checkpoint"] == int(np.argmax(curve))
             assert run["answer_validation"] == pytest.approx(curve.max(), abs=1e-4)
             assert 0.0 <= run["test_accuracy"] <= 1.0
