@@ -34,8 +34,8 @@ contenders (their grids, FLOPs and runners) are in ``benchmarks/study_q1_contend
   its FLOPs to target (a seed that never reaches it counts as infinite); the smallest score is
   chosen.
 * **Reduced tuning above h = 160** (a budget cut, labelled in the JSON: ``tuning`` per size):
-  at h = 320 and 1000 only ``large_methods`` run (Adam, SGD + momentum, OpenAI-ES; at h = 320
-  also low-rank ES, PGPE, SNES and sep-CMA-ES, ``large_methods_extra``), each with
+  at h = 320 and 1000 only ``large_methods`` run (Adam, SGD + momentum, OpenAI-ES; also
+  low-rank ES, PGPE, SNES and sep-CMA-ES, ``large_methods_extra``), each with
   the one setting it chose at h = 160, 5 seeds (gradient methods too, for an equal tuning
   budget). An OpenAI-ES generation costs about 0.5 s per run at h = 320 and several seconds
   at h = 1000 on this machine's 2 shared cores, so 15 runs x up to 200 generations per method
@@ -112,8 +112,11 @@ SETS = {
         "hidden": (12, 32, 80, 160, 320, 1000),
         "tuned_up_to": 160,  # above: the setting chosen at this size only
         "large_methods": ("adam", "sgd_momentum", "open_es"),
-        # at h = 320 (D = 126,730) the other distribution-based strategies fit the budget too
-        "large_methods_extra": {320: ("lowrank_es", "pgpe", "snes", "sep_cma_es")},
+        # the other distribution-based strategies fit the budget too, one seed per call at
+        # h = 1000 (D = 1,076,010) as OpenAI-ES
+        "large_methods_extra": {
+            h: ("lowrank_es", "pgpe", "snes", "sep_cma_es") for h in (320, 1000)
+        },
         "one_seed_per_call_above_D": 500_000,
         "population": 256,
         "batch": 256,
