@@ -84,7 +84,39 @@ def annotate(q2: dict[str, Any], hidden: tuple[int, ...]) -> dict[str, Any]:
             med = float(np.median(to))
             m["flops"]["to_threshold_median"] = med if np.isfinite(med) else None
             m["flops"]["final_median"] = float(np.median(m["flops"]["final_per_run"]))
+        row["at_equal_flops"] = at_equal_flops(row)
     return q2
+
+
+def at_equal_flops(row: dict[str, Any]) -> dict[str, Any]:
+    """Every method's return at one FLOPs budget for an environment (a row of ``annotate``'s):
+    the end of the run that spent the fewest FLOPs, so every run of every method got that far.
+    A run's return there is its last evaluation at or below the budget (its recorded curve;
+    none if its first evaluation came later); medians with bootstrap 95% intervals."""
+    from study import _fmt, bootstrap_median
+
+    methods = row["methods"]
+    budget = min(min(m["flops"]["final_per_run"]) for m in methods.values())
+    out: dict[str, Any] = {"budget_flops": budget, "methods": {}}
+    for name, m in methods.items():
+        f = m["flops"]["flops_per_env_step"]
+        per_run = []
+        for i in range(len(m["runs"])):
+            seen = [p["eval_return"][i] for p in m["curve"] if p["steps"][i] * f <= budget * 1.0001]
+            per_run.append(seen[-1] if seen else None)
+        values = np.array([np.nan if v is None else v for v in per_run], dtype=float)
+        # a run with no evaluation inside the budget counts as the worst (-inf), not as missing
+        finite = np.where(np.isnan(values), -np.inf, values)
+        with np.errstate(invalid="ignore"):  # a median between -inf and a value: NaN -> None
+            med = float(np.median(finite))
+            lo, hi = bootstrap_median(-finite)  # it ranks NaN / inf as the worst
+        out["methods"][name] = {
+            "steps_per_run": [budget / f] * len(per_run),
+            "return_per_run": per_run,
+            "return_median": _fmt(med) if np.isfinite(med) else None,
+            "return_ci95": [_fmt(-hi), _fmt(-lo)],
+        }
+    return out
 
 
 def table(q2: dict[str, Any]) -> str:
@@ -103,6 +135,19 @@ def table(q2: dict[str, Any]) -> str:
                 f"| {env_name} | {m['label']} | {fl['flops_per_env_step']:,} | {m['reached']} "
                 f"| {e(m['steps_to_threshold_median'])} | {e(fl['to_threshold_median'])} "
                 f"| {m['cpu_s_to_threshold_median'] or '—'} | {e(fl['final_median'])} |"
+            )
+    lines += [
+        "",
+        "| environment | FLOPs budget (the smallest run's end) | method | steps in the budget "
+        "| return there (median [95% CI]) |",
+        "|---|---|---|---|---|",
+    ]
+    for env_name, row in q2["envs"].items():
+        eq = row["at_equal_flops"]
+        for name, m in eq["methods"].items():
+            lines.append(
+                f"| {env_name} | {eq['budget_flops']:.2e} | {row['methods'][name]['label']} "
+                f"| {m['steps_per_run'][0]:.3g} | {m['return_median']} {m['return_ci95']} |"
             )
     return "\n".join(lines)
 

@@ -54,3 +54,25 @@ def test_gradient_space_and_plain_rates(contenders) -> None:
     assert len(space) == 18 == len({tuple(sorted(c.items())) for c in space})
     assert contenders._setting(0.03) == (0.03, 0.0, 0.0)  # a rate alone: constant, no decay
     assert contenders._setting(space[0]) == (0.01, 0.0, 0.0)
+
+
+def test_population_option_keeps_the_es_flops_budget(monkeypatch) -> None:
+    """``--q1-population P``: the ES cap and check interval scale by 256 / P, so the FLOPs an ES
+    may spend (cap x P x F) and spends between checks stay those of P = 256; gradient methods
+    are untouched, and an odd or tiny P is refused by name."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import study_q1
+
+    full = study_q1.SETS["full"]
+    assert study_q1.with_population(full, None) is full
+    for P in (64, 1024):
+        cfg = study_q1.with_population(full, P)
+        assert cfg["population"] == P
+        assert cfg["caps"]["es"] * P == full["caps"]["es"] * full["population"]
+        assert cfg["caps"]["gradient"] == full["caps"]["gradient"]
+        assert cfg["every"]["gradient"] == full["every"]["gradient"]
+    assert study_q1.with_population(full, 64)["every"]["es"] == 20
+    assert study_q1.with_population(full, 1024)["every"]["es"] == 1  # 1.25 rounds to 1
+    assert full["caps"]["es"] == 200 and full["population"] == 256  # the input is not changed
+    with pytest.raises(ValueError, match="--q1-population"):
+        study_q1.with_population(full, 63)

@@ -107,3 +107,42 @@ def test_chosen_from_names_what_is_missing_before_anything_runs(q2, tmp_path: Pa
     with pytest.raises(ValueError, match=r"no ppo on Breakout-MinAtar; it has \{'CartPole-v1'"):
         study_q2.run(args)
     assert study_q2._chosen(study_q2.merge([earlier])["envs"], "CartPole-v1", "ppo") == 0.001
+
+
+def test_returns_at_equal_flops_read_each_curve_at_the_smallest_runs_end(q2) -> None:
+    """The FLOPs budget is the end of the run that spent the fewest FLOPs (here an ES run: 600
+    steps x one 400-64-64-3 forward); each run's return is its last evaluation within it."""
+    study_q2, ppo = q2
+    report = _fake(ENV, 10.0)
+    es_curve = [
+        {"steps": [200 * k, 300 * k], "eval_return": [10 * k, 20 * k], "cpu_s": k, "wall_s": k}
+        for k in (1, 2, 3)
+    ]
+    es_runs = [
+        {"steps_to_threshold": 200, "final_steps": 600},
+        {"steps_to_threshold": 300, "final_steps": 900},
+    ]
+    report["q2"]["envs"][ENV]["methods"]["open_es"] = {
+        "label": "OpenAI-ES",
+        "curve": es_curve,
+        "runs": es_runs,
+    }
+    row = study_q2.annotate(report["q2"], ppo.HIDDEN)["envs"][ENV]
+    actor = 2 * (400 * 64 + 64 * 64 + 64 * 3)
+    eq = row["at_equal_flops"]
+    assert eq["budget_flops"] == 600 * actor  # below PPO's 30 x 1,550,848
+    # PPO affords 600 x actor / 1,550,848 = 23.1 steps: run 0's evaluation at 20, run 1's at 12
+    assert eq["methods"]["ppo"]["return_per_run"] == [2, 2]
+    assert eq["methods"]["ppo"]["steps_per_run"][0] == pytest.approx(23.13, abs=0.01)
+    # the ES: run 0 ends exactly at the budget (30); run 1 reads its 600-step evaluation (40)
+    assert eq["methods"]["open_es"]["return_per_run"] == [30, 40]
+    assert eq["methods"]["open_es"]["return_median"] == 35.0
+    # a run whose first evaluation lies past the budget counts as the worst, not as missing
+    es_curve[0]["steps"][1] = 2000
+    es_runs[1]["final_steps"] = 5000
+    for k in (1, 2):
+        es_curve[k]["steps"][1] = 2000 + k
+    row = study_q2.annotate(report["q2"], ppo.HIDDEN)["envs"][ENV]
+    es = row["at_equal_flops"]["methods"]["open_es"]
+    assert es["return_per_run"] == [30, None]
+    assert es["return_median"] is None and es["return_ci95"][0] is None
