@@ -27,6 +27,10 @@ contenders (their grids, FLOPs and runners) are in ``benchmarks/study_q1_contend
   Every seed x setting of one method runs as one compiled program: ``Evolution.sweep`` for
   the ES, ``jit(vmap(...))`` of a ``lax.scan`` chunk for the gradient methods.
   Seeds draw the minibatches (and the ES noise).
+* Checks of what is not tuned above: ``--q1-population P`` reruns every ES at population P
+  (its cap and check interval rescaled to the FLOPs budget of P = 256,
+  ``with_population``; ``study_q1_population.py`` gathers such runs), ``--q1-std`` the ES
+  whose learning rate is swept at another search std.
 * Validation accuracy is checked every ``every`` steps, of the search mean for the
   distribution-based strategies and of the run's solution (the best member evaluated so far,
   ``Evolution.solution_theta``) for PSO, DE and the GA; a run's steps to target is the first
@@ -208,6 +212,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "between checks stay those of P = 256",
     )
     parser.add_argument(
+        "--q1-std",
+        type=float,
+        default=None,
+        help=f"Q1: the search std of the ES whose learning rate is swept (OpenAI-ES, low-rank "
+        f"ES, PGPE; default {STD}); the others sweep their std",
+    )
+    parser.add_argument(
         "--q1-cma-max-d",
         type=int,
         default=MAX_D_FULL_COVARIANCE,
@@ -261,7 +272,8 @@ def run_one(method, h, model, task, val, test_fn, grid, seeds, cfg, one_seed):
     if method in GRADIENT:
         return run_gradient(method, as_network(model), task, val, *common)
     kw = {"strategy_kwargs": {"rank": RANK}} if method == "lowrank_es" else {}
-    evo = Evolution(model, task, CONTENDERS[method]["strategy"], cfg["population"], std=STD, **kw)
+    strategy, P = CONTENDERS[method]["strategy"], cfg["population"]
+    evo = Evolution(model, task, strategy, P, std=cfg["std"], **kw)
     return run_es(evo, method, *common, one_seed_per_call=one_seed)
 
 
@@ -277,6 +289,9 @@ def _note(method, h, out, tuned, chosen_at, dropped) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     cfg = with_population(SETS["quick" if args.quick else "full"], args.q1_population)
+    if args.q1_std is not None and not args.q1_std > 0:
+        raise ValueError(f"--q1-std must be > 0, got {args.q1_std}")
+    cfg = {**cfg, "std": STD if args.q1_std is None else args.q1_std}
     P, B, target = cfg["population"], cfg["batch"], cfg["target"]
     seeds = cfg["seeds"] if args.q1_seeds is None else args.q1_seeds
     hidden = cfg["hidden"] if args.q1_hidden is None else tuple(args.q1_hidden)
@@ -298,7 +313,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "target_validation_accuracy": target,
             "batch": B,
             "population": P,
-            "std": STD,
+            "std": cfg["std"],
             "lowrank_rank": RANK,
         },
         "seeds": list(seeds),
