@@ -26,19 +26,18 @@ RECORDED = ("flops_to_target_median", "flops_to_target_ci95", "success_rate", "c
 
 def gather(paths: list[str | Path]) -> dict[str, Any]:
     """One ``{"populations", "sizes", "best", "labels", "sources"}`` from study JSONs with a
-    ``"q1"`` key (or bare Q1 sections); a later file's population replaces an earlier one's.
+    ``"q1"`` key (or bare Q1 sections), one population each; files of one population may
+    hold different sizes, and a later file's run of a method, size and P replaces an earlier one.
     Runs recorded as not run and sizes run at one population are left out; the gradient
     methods' medians are kept per size as ``"gradient"`` (a reference line)."""
-    runs: dict[int, dict[str, Any]] = {}
+    seen: set[int] = set()
+    sizes: dict[int, dict[str, Any]] = {}
+    labels: dict[str, str] = {}
     for path in paths:
         data = json.loads(Path(path).read_text())
         q1 = data.get("q1", data)
-        runs[int(q1["task"]["population"])] = q1
-    populations = sorted(runs)
-    sizes: dict[int, dict[str, Any]] = {}
-    labels: dict[str, str] = {}
-    for P in populations:
-        q1 = runs[P]
+        P = int(q1["task"]["population"])
+        seen.add(P)
         for row in q1["sizes"]:
             size = sizes.setdefault(row["hidden"], {"D": row["D"], "methods": {}, "gradient": {}})
             for method, out in row["methods"].items():
@@ -53,7 +52,9 @@ def gather(paths: list[str | Path]) -> dict[str, Any]:
                 entry["seeds"] = len(q1["seeds"])
                 size["methods"].setdefault(method, {})[P] = entry
     # sizes run at one population only (the P = 256 run's larger sizes) compare nothing
-    sizes = {h: s for h, s in sizes.items() if any(len(m) > 1 for m in s["methods"].values())}
+    sizes = {
+        h: s for h, s in sorted(sizes.items()) if any(len(m) > 1 for m in s["methods"].values())
+    }
     best: dict[int, dict[str, Any]] = {}
     for h, size in sizes.items():
         for method, per_p in size["methods"].items():
@@ -63,8 +64,8 @@ def gather(paths: list[str | Path]) -> dict[str, Any]:
                 P = min(reached, key=lambda p: (reached[p], p))
                 best.setdefault(h, {})[method] = {"population": P, "flops": reached[P]}
     return {
-        "populations": populations,
-        "sizes": dict(sorted(sizes.items())),
+        "populations": sorted(seen),
+        "sizes": sizes,
         "best": best,
         "labels": labels,
         "sources": [str(p) for p in paths],

@@ -71,6 +71,10 @@ def test_gather_picks_the_best_population_and_plots(monkeypatch, tmp_path: Path)
         "**1.50e+10 [7.50e+09, 3.00e+10] 5/5**",
         "inf [inf, inf] 0/5 |",
     ]
+    # a later file of the same population replaces that population's run of a method and size
+    again = tmp_path / "p64-again.json"
+    again.write_text(json.dumps(_report(64, {"open_es": 2e9, "deep_ga": 1.5e10}, gradient=4e7)))
+    assert pop.gather([*paths, again])["best"][12]["open_es"] == {"population": 64, "flops": 2e9}
     png = tmp_path / "pop.png"
     pop.main([*map(str, paths), "--png", str(png), "--out", str(tmp_path / "g.json")])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
