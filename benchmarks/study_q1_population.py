@@ -65,11 +65,27 @@ def gather(paths: list[str | Path]) -> dict[str, Any]:
                 best.setdefault(h, {})[method] = {"population": P, "flops": reached[P]}
     return {
         "populations": sorted(seen),
+        "fits_best_population": fits(sizes, best),
         "sizes": sizes,
         "best": best,
         "labels": labels,
         "sources": [str(p) for p in paths],
     }
+
+
+def fits(sizes: dict[int, Any], best: dict[int, Any]) -> dict[str, Any]:
+    """Per method, the least-squares slope b of log10 FLOPs on log10 D over the sizes where it
+    reached the target at its best population (Q1's exponent, each size at its own best P)."""
+    out: dict[str, Any] = {}
+    methods = {m for per_size in best.values() for m in per_size}
+    for method in sorted(methods):
+        rows = [(sizes[h]["D"], best[h][method]["flops"]) for h in sizes if method in best[h]]
+        if len(rows) < 2:
+            continue
+        x, y = np.log10(np.array(rows, float)).T
+        b, _ = np.polyfit(x, y, 1)
+        out[method] = {"sizes_used": [d for d, _ in rows], "exponent_b": round(float(b), 3)}
+    return out
 
 
 def table(g: dict[str, Any]) -> str:

@@ -81,3 +81,16 @@ def test_gather_picks_the_best_population_and_plots(monkeypatch, tmp_path: Path)
     assert (
         json.loads((tmp_path / "g.json").read_text())["best"]["12"]["open_es"]["population"] == 16
     )
+
+
+def test_fit_uses_each_sizes_best_population(monkeypatch) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import study_q1_population as pop
+
+    sizes = {12: {"D": 10}, 32: {"D": 1000}, 80: {"D": 10**5}}
+    best = {
+        12: {"m": {"population": 16, "flops": 1e2}},
+        32: {"m": {"population": 64, "flops": 1e4}, "one_size_only": {"population": 8, "flops": 1}},
+        80: {},
+    }
+    assert pop.fits(sizes, best) == {"m": {"sizes_used": [10, 1000], "exponent_b": 1.0}}
