@@ -121,11 +121,16 @@ def plot(g: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     sizes = list(g["sizes"].items())
-    fig, axes = plt.subplots(1, len(sizes), figsize=(5.2 * len(sizes), 4.6), squeeze=False)
+    cols = min(2, len(sizes))
+    rows = -(-len(sizes) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols + 2.6, 4.3 * rows), squeeze=False)
+    panels = list(axes.flat)
+    for extra in panels[len(sizes) :]:
+        extra.set_visible(False)
     cmap = plt.get_cmap("tab10")
     color = {m: cmap(i % 10) for i, m in enumerate(g["labels"])}
     handles: dict[str, Any] = {}
-    for ax, (h, size) in zip(axes[0], sizes, strict=True):
+    for ax, (h, size) in zip(panels, sizes, strict=False):
         top = max(
             (
                 v["flops_to_target_median"] or 0
@@ -151,10 +156,11 @@ def plot(g: dict[str, Any], path: Path) -> None:
         ax.set_xlabel("population P (dotted: Q1's P = 256)")
         ax.set_title(f"h = {h}, D = {size['D']:,}", fontsize=10)
         ax.grid(alpha=0.3, which="both")
-    axes[0][0].set_ylabel("FLOPs to validation acc 0.90 (median of 5 seeds; x: not reached)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("FLOPs to val. acc 0.90 (median, 5 seeds; x: not reached)")
     fig.legend(handles.values(), handles.keys(), loc="center right", fontsize=8)
     fig.suptitle("Q1: the evolution strategies' population, at equal FLOPs budgets", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 0.8, 1))
+    fig.tight_layout(rect=(0, 0, 0.78, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
