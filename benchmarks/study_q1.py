@@ -503,7 +503,12 @@ def plot(q: dict[str, Any], path: Path) -> None:
             lw=2.2 if gradient else 1.3,
             ms=5,
         )
-        reduced = np.array([r["hidden"] > q["tuned_up_to_hidden"] for r in rows])
+        reduced = np.array(
+            [
+                r["hidden"] > q["tuned_up_to_hidden"] or "tuning" in r["methods"][method]
+                for r in rows
+            ]
+        )
         if reduced.any():
             ax.plot(D[reduced], med[reduced], "o", mfc="white", mec="k", ms=7, zorder=5)
     if missing:
@@ -516,7 +521,7 @@ def plot(q: dict[str, Any], path: Path) -> None:
     t = q["task"]
     ax.set_title(
         f"Q1: digits, target {t['target_validation_accuracy']}, {len(q['seeds'])} seeds, 3 "
-        f"settings each (white: h > {q['tuned_up_to_hidden']}, the setting chosen there)",
+        "settings each (white: reduced tuning, the setting chosen at a smaller size)",
         fontsize=9,
     )
     ax.grid(alpha=0.3, which="both")
