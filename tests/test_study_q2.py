@@ -18,10 +18,12 @@ def test_study_quick_q2_equal_cpu_budgets_and_both_learn(tmp_path: Path) -> None
     for name, m in env["methods"].items():
         curve, runs = m["curve"], m["runs"]
         assert m["chosen"] in m["grid"] and len(runs) == len(m["report_seeds"]) == 2
-        # Equal budgets: each method stops at the first chunk that spends the CPU budget.
+        # Equal budgets: each method stops at the first chunk that spends the CPU budget. The
+        # curve records CPU seconds to 1 ms, so a chunk that ended just under the budget (say
+        # 0.9996 s of 1.0) reads as the budget itself: the one before the last may equal it.
         cpu = [p["cpu_s"] for p in curve]
         assert all(b > a for a, b in itertools.pairwise(cpu))
-        assert cpu[-1] >= budget > cpu[-2]
+        assert cpu[-1] >= budget >= cpu[-2]
         steps = np.array([p["steps"] for p in curve])  # (chunks, runs)
         assert (np.diff(steps, axis=0) > 0).all()
         if name == "ppo":
