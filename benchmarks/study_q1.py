@@ -459,12 +459,19 @@ def fits(report: dict[str, Any]) -> dict[str, Any]:
             ]
             fit["sizes_used" + key] = [d for d, _ in pts]
             if len(pts) >= 2:
-                x, y = np.log10([d for d, _ in pts]), np.log10([f for _, f in pts])
-                b, a = np.polyfit(x, y, 1)
-                fit["exponent_b" + key] = round(float(b), 3)
-                fit["intercept_a" + key] = round(float(a), 3)
+                b, a = loglog_fit(pts)
+                fit["exponent_b" + key] = b
+                fit["intercept_a" + key] = a
         out[method] = fit
     return out
+
+
+def loglog_fit(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """Least squares ``log10 FLOPs = a + b log10 D`` over ``(D, FLOPs)`` points (at least 2):
+    ``(b, a)``, each rounded to 3 decimals."""
+    x, y = np.log10(np.asarray(points, float)).T
+    b, a = np.polyfit(x, y, 1)
+    return round(float(b), 3), round(float(a), 3)
 
 
 def plot(q: dict[str, Any], path: Path) -> None:

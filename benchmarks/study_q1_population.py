@@ -76,15 +76,15 @@ def gather(paths: list[str | Path]) -> dict[str, Any]:
 def fits(sizes: dict[int, Any], best: dict[int, Any]) -> dict[str, Any]:
     """Per method, the least-squares slope b of log10 FLOPs on log10 D over the sizes where it
     reached the target at its best population (Q1's exponent, each size at its own best P)."""
+    from study_q1 import loglog_fit  # Q1's own fit (imports the library: only when fitting)
+
     out: dict[str, Any] = {}
     methods = {m for per_size in best.values() for m in per_size}
     for method in sorted(methods):
         rows = [(sizes[h]["D"], best[h][method]["flops"]) for h in sizes if method in best[h]]
         if len(rows) < 2:
             continue
-        x, y = np.log10(np.array(rows, float)).T
-        b, _ = np.polyfit(x, y, 1)
-        out[method] = {"sizes_used": [d for d, _ in rows], "exponent_b": round(float(b), 3)}
+        out[method] = {"sizes_used": [d for d, _ in rows], "exponent_b": loglog_fit(rows)[0]}
     return out
 
 

@@ -102,7 +102,7 @@ def at_equal_flops(row: dict[str, Any]) -> dict[str, Any]:
         f = m["flops"]["flops_per_env_step"]
         per_run = []
         for i in range(len(m["runs"])):
-            seen = [p["eval_return"][i] for p in m["curve"] if p["steps"][i] * f <= budget * 1.0001]
+            seen = [p["eval_return"][i] for p in m["curve"] if p["steps"][i] * f <= budget]
             per_run.append(seen[-1] if seen else None)
         values = np.array([np.nan if v is None else v for v in per_run], dtype=float)
         # a run with no evaluation inside the budget counts as the worst (-inf), not as missing
@@ -111,7 +111,7 @@ def at_equal_flops(row: dict[str, Any]) -> dict[str, Any]:
             med = float(np.median(finite))
             lo, hi = bootstrap_median(-finite)  # it ranks NaN / inf as the worst
         out["methods"][name] = {
-            "steps_per_run": [budget / f] * len(per_run),
+            "steps_in_budget": budget / f,
             "return_per_run": per_run,
             "return_median": _fmt(med) if np.isfinite(med) else None,
             "return_ci95": [_fmt(-hi), _fmt(-lo)],
@@ -147,7 +147,7 @@ def table(q2: dict[str, Any]) -> str:
         for name, m in eq["methods"].items():
             lines.append(
                 f"| {env_name} | {eq['budget_flops']:.2e} | {row['methods'][name]['label']} "
-                f"| {m['steps_per_run'][0]:.3g} | {m['return_median']} {m['return_ci95']} |"
+                f"| {m['steps_in_budget']:.3g} | {m['return_median']} {m['return_ci95']} |"
             )
     return "\n".join(lines)
 

@@ -133,7 +133,7 @@ def test_returns_at_equal_flops_read_each_curve_at_the_smallest_runs_end(q2) -> 
     assert eq["budget_flops"] == 600 * actor  # below PPO's 30 x 1,550,848
     # PPO affords 600 x actor / 1,550,848 = 23.1 steps: run 0's evaluation at 20, run 1's at 12
     assert eq["methods"]["ppo"]["return_per_run"] == [2, 2]
-    assert eq["methods"]["ppo"]["steps_per_run"][0] == pytest.approx(23.13, abs=0.01)
+    assert eq["methods"]["ppo"]["steps_in_budget"] == pytest.approx(23.13, abs=0.01)
     # the ES: run 0 ends exactly at the budget (30); run 1 reads its 600-step evaluation (40)
     assert eq["methods"]["open_es"]["return_per_run"] == [30, 40]
     assert eq["methods"]["open_es"]["return_median"] == 35.0
