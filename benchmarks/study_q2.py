@@ -78,6 +78,7 @@ from study_q2_ppo import (
     EVAL_SEED,
     HIDDEN,
     PPO_CONFIGS,
+    PPO_SOURCES,
     QUICK,
     Clock,
     curve_point,
@@ -85,8 +86,14 @@ from study_q2_ppo import (
     run_ppo,
 )
 
-METHODS = ("ppo", "open_es", "ga", "snes")
-LABELS = {"ppo": "PPO (rejax)", "open_es": "OpenAI-ES", "ga": "elitist GA", "snes": "SNES"}
+METHODS = ("ppo", "ppo_blines", "open_es", "ga", "snes")
+LABELS = {
+    "ppo": "PPO (rejax)",
+    "ppo_blines": "PPO (rejax), gymnax-blines' config",
+    "open_es": "OpenAI-ES",
+    "ga": "elitist GA",
+    "snes": "SNES",
+}
 ENVS: dict[str, dict[str, Any]] = {
     "CartPole-v1": {
         "threshold": 500.0,
@@ -107,9 +114,10 @@ ENVS: dict[str, dict[str, Any]] = {
     },
     "Breakout-MinAtar": {
         "threshold": 10.0,
-        "methods": ("ppo", "open_es", "snes"),
+        "methods": ("ppo", "ppo_blines", "open_es", "snes"),
         "budget_cpu_s": 60.0,
         "ppo_chunk_steps": 32 * 32 * 50,  # 50 of rejax's 32 x 32 iterations
+        "ppo_blines_chunk_steps": 64 * 128 * 6,  # 6 of gymnax-blines' 64 x 128 iterations
         "es_chunk_generations": 10,
         "published": "PPO 28 after 10M steps (gymnax's table); a tuned SNES about 15 and "
         "OpenAI-ES about 4 (NeuroEvoBench), as issue 15 cites them",
@@ -256,8 +264,8 @@ def run_method(
     # learning rate is its own compilation, ~30 s each here), no tuning phase.
     tune = [] if quick or chosen is not None else TUNE_SEEDS
     report = REPORT_SEEDS[:2] if quick else REPORT_SEEDS
-    if method == "ppo":
-        base = PPO_CONFIGS[env_name]["learning_rate"]
+    if method in PPO_SOURCES:
+        base = PPO_SOURCES[method][env_name]["learning_rate"]
         grid = [float(f"{base * f:.3g}") for f in GRID_FACTORS]
         setting = "learning_rate"
     else:
@@ -265,8 +273,8 @@ def run_method(
     grid = [chosen] if chosen is not None else grid[1:2] if quick else grid
     runs_by_value: dict[float, list[dict]] = {v: [] for v in grid}
     compile_s: list[float] = []
-    if tune and method == "ppo":
-        tuning = {v: run_ppo(env_name, v, tune, spec, quick) for v in grid}
+    if tune and method in PPO_SOURCES:
+        tuning = {v: run_ppo(env_name, v, tune, spec, quick, method) for v in grid}
         runs_by_value = {v: per_run(t["curve"], threshold) for v, t in tuning.items()}
         compile_s = [t["compile_s"] for t in tuning.values()]
     elif tune:
@@ -285,8 +293,8 @@ def run_method(
             file=sys.stderr,
             flush=True,
         )
-    if method == "ppo":
-        final = run_ppo(env_name, chosen, report, spec, quick)
+    if method in PPO_SOURCES:
+        final = run_ppo(env_name, chosen, report, spec, quick, method)
     else:
         evo = make_evolution(env_name, method, quick)
         final = run_es(evo, method, [chosen], report, spec, quick)
@@ -306,7 +314,14 @@ def run_method(
         **summarise(runs, threshold),
         "curve": final["curve"],
         "compile_s": {"tuning": compile_s, "report": final["compile_s"]},
-        **({"eval_cpu_s_not_counted": final["eval_cpu_s"]} if method == "ppo" else {}),
+        **(
+            {
+                "eval_cpu_s_not_counted": final["eval_cpu_s"],
+                "ppo_config": ppo_config(env_name, quick, method),
+            }
+            if method in PPO_SOURCES
+            else {}
+        ),
     }
 
 
@@ -318,8 +333,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--q2-chosen-from",
+        nargs="+",
         default=None,
-        help="Q2: an earlier JSON; each method runs the setting chosen there, without tuning",
+        help="Q2: earlier JSONs (merged); each method runs the setting chosen there, untuned",
     )
 
 
@@ -338,7 +354,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     quick = args.quick
     envs = args.q2_envs or (QUICK["envs"] if quick else list(ENVS))
     out: dict[str, Any] = {"design": __doc__.split("\n\n", 1)[1].strip(), "envs": {}}
-    earlier = merge([args.q2_chosen_from])["envs"] if args.q2_chosen_from else None
+    earlier = merge(args.q2_chosen_from)["envs"] if args.q2_chosen_from else None
     methods_of = {
         e: [m for m in ENVS[e]["methods"] if args.q2_methods is None or m in args.q2_methods]
         for e in envs
@@ -382,7 +398,13 @@ def plot(q: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = {"ppo": "#d95f02", "open_es": "#1b9e77", "ga": "#7570b3", "snes": "#e7298a"}
+    colors = {
+        "ppo": "#d95f02",
+        "ppo_blines": "#a6761d",
+        "open_es": "#1b9e77",
+        "ga": "#7570b3",
+        "snes": "#e7298a",
+    }
     envs = q["envs"]
     rows = 3 if all("flops" in m for r in envs.values() for m in r["methods"].values()) else 2
     fig, axes = plt.subplots(rows, len(envs), figsize=(6.5 * len(envs), 4.5 * rows), squeeze=False)
@@ -420,14 +442,26 @@ def plot(q: dict[str, Any], path: Path) -> None:
 
 def merge(paths: list[str | Path]) -> dict[str, Any]:
     """One Q2 section from several study JSONs (each a whole report with a ``"q2"`` key), the
-    environments in the order the files give them; a later file's environment replaces an
-    earlier one's."""
+    environments in the order the files give them. Where two files hold the same environment
+    their methods are joined (a later file's method replaces an earlier one's), which needs the
+    same threshold and CPU budget per run in both: runs at other budgets are refused."""
     import json
 
     merged: dict[str, Any] = {"envs": {}, "sources": []}
     for path in paths:
         report = json.loads(Path(path).read_text())
-        merged["envs"].update(report["q2"]["envs"])
+        for env_name, row in report["q2"]["envs"].items():
+            have = merged["envs"].get(env_name)
+            if have is None:
+                merged["envs"][env_name] = dict(row, methods=dict(row["methods"]))
+                continue
+            for key in ("threshold", "budget_cpu_s_per_run"):
+                if have.get(key) != row.get(key):
+                    raise ValueError(
+                        f"{path}: {env_name}'s {key} is {row.get(key)}, {have.get(key)} in "
+                        "the files before it; merge only runs of one protocol and budget"
+                    )
+            have["methods"].update(row["methods"])
         merged["sources"].append(str(path))
     return merged
 

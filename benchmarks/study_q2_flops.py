@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from study_q2_ppo import HIDDEN, PPO_SOURCES, hidden_of
 
 
 def dense_flops(sizes: list[int]) -> int:
@@ -50,7 +51,7 @@ def flops_per_env_step(
     method: str, obs: int, outputs: int, hidden: tuple[int, ...], num_epochs: int
 ) -> dict[str, Any]:
     actor = dense_flops([obs, *hidden, outputs])
-    if method != "ppo":
+    if method not in PPO_SOURCES:
         return {"flops_per_env_step": actor, "formula": "F_actor (one policy forward)"}
     critic = dense_flops([obs, *hidden, 1])
     return {
@@ -67,16 +68,19 @@ def _scaled(value: float | None, per_step: float) -> float | None:
 def annotate(q2: dict[str, Any], hidden: tuple[int, ...]) -> dict[str, Any]:
     """Adds counted FLOPs to every method of every environment of a Q2 section, in place:
     per step, to the threshold and at the end of each run, and their medians (an unreached run
-    counts as infinite, as for the steps)."""
+    counts as infinite, as for the steps). ``hidden`` is the ES's policy; a PPO contender's
+    networks and epochs are its own recorded configuration's (runs recorded before there was
+    more than one PPO contender: the environment's ``ppo_config``)."""
     for env_name, row in q2["envs"].items():
         obs, outputs = env_io(env_name)
-        epochs = row["ppo_config"]["num_epochs"]
         for name, m in row["methods"].items():
-            per = flops_per_env_step(name, obs, outputs, hidden, epochs)
+            config = m.get("ppo_config", row["ppo_config"])
+            layers = hidden_of(config) if name in PPO_SOURCES else hidden
+            per = flops_per_env_step(name, obs, outputs, layers, config["num_epochs"])
             f = per["flops_per_env_step"]
             m["flops"] = {
                 **per,
-                "actor_forward_flops": dense_flops([obs, *hidden, outputs]),
+                "actor_forward_flops": dense_flops([obs, *layers, outputs]),
                 "to_threshold_per_run": [_scaled(r["steps_to_threshold"], f) for r in m["runs"]],
                 "final_per_run": [_scaled(r["final_steps"], f) for r in m["runs"]],
             }
@@ -154,7 +158,6 @@ def table(q2: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     from study_q2 import merge
-    from study_q2_ppo import HIDDEN
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("reports", nargs="+", help="study JSONs with a q2 section")

@@ -1,5 +1,6 @@
-"""Q2 of the study, its gradient side: PPO from rejax, with rejax's published configurations,
-and the per-run CPU clock every Q2 contender is measured with.
+"""Q2 of the study, its gradient side: PPO from rejax, with rejax's published configurations
+(and on Breakout also gymnax-blines'), and the per-run CPU clock every Q2 contender is
+measured with.
 
 ``benchmarks/study_q2.py`` holds the question's protocol (its docstring), the ES side, the
 choosing and the plot; this module is the part that touches rejax.
@@ -65,6 +66,34 @@ PPO_CONFIGS: dict[str, dict[str, Any]] = {
         "vf_coef": 0.5,
     },
 }
+# gymnax-blines' own PPO configuration for Breakout-MinAtar (github.com/RobertTLange/
+# gymnax-blines, agents/Breakout-MinAtar/ppo.yaml, commit 15b76af), the one behind gymnax's
+# published 28 after 10M steps, as rejax's fields: 64 envs x 128 steps, 8 minibatches,
+# 4 epochs, lr 5e-4 (its "warm-up" runs from 5e-4 to 5e-4, so the rate is constant),
+# gradient clip 0.5, gamma 0.999, GAE 0.95, clip 0.2, entropy 0.01, value 0.5, and its
+# network: separate actor and critic MLPs of 256-256 relu on the flattened frame. Run through
+# rejax, whose update differs from gymnax-blines' own in three details: rejax clips each
+# gradient element at max_grad_norm (``optax.clip``) where gymnax-blines clips the global norm,
+# its Adam has eps 1e-8 (gymnax-blines 1e-5), and its biases start at zero (gymnax-blines
+# uniform(0.05)).
+PPO_BLINES_CONFIGS: dict[str, dict[str, Any]] = {
+    "Breakout-MinAtar": {
+        "agent_kwargs": {"activation": "relu", "hidden_layer_sizes": (256, 256)},
+        "num_envs": 64,
+        "num_steps": 128,
+        "num_epochs": 4,
+        "num_minibatches": 8,
+        "learning_rate": 0.0005,
+        "max_grad_norm": 0.5,
+        "gamma": 0.999,
+        "gae_lambda": 0.95,
+        "clip_eps": 0.2,
+        "ent_coef": 0.01,
+        "vf_coef": 0.5,
+    },
+}
+# Each PPO contender and where its configuration comes from.
+PPO_SOURCES = {"ppo": PPO_CONFIGS, "ppo_blines": PPO_BLINES_CONFIGS}
 HIDDEN = (64, 64)  # rejax's default hidden_layer_sizes, the actor every contender trains
 QUICK = {"envs": ("CartPole-v1",), "budget_cpu_s": 1.0, "hidden": (8,), "population": 16}
 EVAL_EPISODES, EVAL_SEED = 16, 4321
@@ -137,23 +166,32 @@ def five_tuple(genv):
     return FiveTuple(genv)
 
 
-def ppo_config(env_name: str, quick: bool) -> dict[str, Any]:
-    """The configuration PPO runs with: rejax's published one, or its tiny quick version."""
-    config = dict(PPO_CONFIGS[env_name])
+def ppo_config(env_name: str, quick: bool, method: str = "ppo") -> dict[str, Any]:
+    """The configuration PPO contender ``method`` runs with (``PPO_SOURCES``: rejax's published
+    one, or gymnax-blines'), or its tiny quick version."""
+    configs = PPO_SOURCES[method]
+    if env_name not in configs:
+        raise ValueError(f"{method} has a configuration for {sorted(configs)}, not {env_name!r}")
+    config = dict(configs[env_name])
     if quick:
         config.update(num_envs=2, num_steps=16, num_epochs=1, num_minibatches=1)
         config["agent_kwargs"] = dict(config["agent_kwargs"], hidden_layer_sizes=QUICK["hidden"])
     return config
 
 
-def make_ppo(env_name: str, lr: float, chunk: int, quick: bool):
-    """rejax's PPO on ``env_name`` with its published configuration at learning rate ``lr``,
+def hidden_of(config: dict[str, Any]) -> tuple[int, ...]:
+    """The hidden layers of a PPO configuration's actor and critic (rejax's default if unset)."""
+    return tuple(config.get("agent_kwargs", {}).get("hidden_layer_sizes", HIDDEN))
+
+
+def make_ppo(env_name: str, lr: float, chunk: int, quick: bool, method: str = "ppo"):
+    """rejax's PPO on ``env_name`` with ``method``'s configuration at learning rate ``lr``,
     ``chunk`` steps per ``train`` call, its own evaluation switched off."""
     import gymnax
     from rejax import get_algo
 
     genv, env_params = gymnax.make(env_name)
-    config = dict(ppo_config(env_name, quick), learning_rate=lr)
+    config = dict(ppo_config(env_name, quick, method), learning_rate=lr)
     algo = get_algo("ppo").create(
         env=five_tuple(genv),
         env_params=env_params,
@@ -165,14 +203,16 @@ def make_ppo(env_name: str, lr: float, chunk: int, quick: bool):
     return algo.replace(eval_callback=lambda algo, ts, rng: ())  # evaluated apart
 
 
-def run_ppo(env_name: str, lr: float, seeds: list[int], spec: dict, quick: bool) -> dict:
-    """PPO from rejax's configuration at learning rate ``lr``, one run per seed, batched;
-    chunks of ``spec['ppo_chunk_steps']`` steps until the per-run CPU budget is spent."""
+def run_ppo(
+    env_name: str, lr: float, seeds: list[int], spec: dict, quick: bool, method: str = "ppo"
+) -> dict:
+    """PPO with ``method``'s configuration at learning rate ``lr``, one run per seed, batched;
+    chunks of ``spec[f'{method}_chunk_steps']`` steps until the per-run CPU budget is spent."""
     from evojax_nets.tasks.rl import make_env
     from evojax_nets.tasks.rl.episodes import run_episodes
 
-    chunk = spec["ppo_chunk_steps"] if not quick else 512
-    algo = make_ppo(env_name, lr, chunk, quick)
+    chunk = spec[f"{method}_chunk_steps"] if not quick else 512
+    algo = make_ppo(env_name, lr, chunk, quick, method)
     env = make_env(env_name)
     discrete = env.discrete
 

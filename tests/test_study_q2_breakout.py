@@ -28,7 +28,8 @@ def q2(monkeypatch):
 def test_breakout_config_network_and_adapter(q2) -> None:
     study_q2, ppo = q2
     spec = study_q2.ENVS[ENV]
-    assert spec["methods"] == ("ppo", "open_es", "snes") and spec["threshold"] == 10.0
+    assert spec["methods"] == ("ppo", "ppo_blines", "open_es", "snes")
+    assert spec["threshold"] == 10.0
     assert ENV not in ppo.QUICK["envs"]  # the quick test stays CartPole only
     # The PPO entry of rejax's benchmark/breakout_1m.yaml, as numbers.
     config = ppo.PPO_CONFIGS[ENV]
@@ -57,6 +58,52 @@ def test_breakout_config_network_and_adapter(q2) -> None:
     o, state = env.reset(jax.random.key(0), params_env)
     out = env.step(jax.random.key(1), state, 0, params_env)
     assert len(out) == 5 and out[0].shape == o.shape == (10, 10, 4) and out[3].dtype == bool
+
+
+def test_gymnax_blines_config_and_its_own_networks_flops(q2) -> None:
+    """The second PPO contender on Breakout: gymnax-blines' published configuration, with its
+    256-256 relu actor and critic (built, not trained), counted with its own networks."""
+    study_q2, ppo = q2
+    spec = study_q2.ENVS[ENV]
+    config = ppo.ppo_config(ENV, quick=False, method="ppo_blines")
+    assert (config["num_envs"], config["num_steps"]) == (64, 128)
+    assert (config["num_epochs"], config["num_minibatches"]) == (4, 8)
+    assert (config["learning_rate"], config["gamma"], config["max_grad_norm"]) == (5e-4, 0.999, 0.5)
+    assert spec["ppo_blines_chunk_steps"] % (64 * 128) == 0
+    algo = ppo.make_ppo(ENV, 5e-4, spec["ppo_blines_chunk_steps"], quick=False, method="ppo_blines")
+    obs = jnp.zeros((1, 10, 10, 4))
+    actor = algo.actor.init(jax.random.key(0), obs, jax.random.key(1))["params"]
+    shapes = sorted(tuple(x.shape) for x in jax.tree.leaves(actor))
+    assert shapes == [(3,), (256,), (256,), (256, 3), (256, 256), (400, 256)]
+    assert algo.actor.activation is jax.nn.relu
+    with pytest.raises(ValueError, match=r"ppo_blines has a configuration for \['Breakout"):
+        ppo.ppo_config("CartPole-v1", quick=False, method="ppo_blines")
+    # FLOPs per step from its own recorded networks, not the ES's 64-64 policy.
+    report = _fake(ENV, 10.0)
+    row = report["q2"]["envs"][ENV]
+    row["methods"]["ppo_blines"] = dict(row["methods"]["ppo"], ppo_config=config)
+    methods = study_q2.annotate(report["q2"], ppo.HIDDEN)["envs"][ENV]["methods"]
+    a, c = 2 * (400 * 256 + 256 * 256 + 256 * 3), 2 * (400 * 256 + 256 * 256 + 256)
+    assert methods["ppo_blines"]["flops"]["flops_per_env_step"] == 13 * (a + c) == 8_759_296
+    assert methods["ppo"]["flops"]["flops_per_env_step"] == 1_550_848
+
+
+def test_merge_joins_one_environments_methods_of_one_budget(q2, tmp_path: Path) -> None:
+    study_q2, _ = q2
+    a, b, c = (tmp_path / f"{n}.json" for n in "abc")
+    first = _fake(ENV, 10.0)
+    first["q2"]["envs"][ENV]["budget_cpu_s_per_run"] = 60.0
+    a.write_text(json.dumps(first))
+    second = json.loads(json.dumps(first))
+    row = second["q2"]["envs"][ENV]
+    row["methods"] = {"ppo_blines": dict(row["methods"]["ppo"], chosen=5e-4)}
+    b.write_text(json.dumps(second))
+    merged = study_q2.merge([a, b])["envs"][ENV]["methods"]
+    assert list(merged) == ["ppo", "ppo_blines"] and merged["ppo_blines"]["chosen"] == 5e-4
+    row["budget_cpu_s_per_run"] = 165.0
+    c.write_text(json.dumps(second))
+    with pytest.raises(ValueError, match=r"budget_cpu_s_per_run is 165\.0, 60\.0 in the files"):
+        study_q2.merge([a, c])
 
 
 def _fake(env: str, threshold: float) -> dict:
