@@ -23,6 +23,9 @@ environment step, so every figure can also be read at equal FLOPs (third row of 
   no file there, the PPO entry of its ``benchmark/breakout_1m.yaml``; copied as numbers into
   ``study_q2_ppo.PPO_CONFIGS``). rejax 0.1.3 reads gymnax's older step signature (a 5-tuple
   with one ``done``); ``FiveTuple`` adapts gymnax >= 1.0's ``(terminated, truncated)`` to it.
+  On Breakout a second PPO contender, ``"ppo_blines"``, runs gymnax-blines' own published
+  configuration (the one behind gymnax's 28; ``study_q2_ppo.PPO_BLINES_CONFIGS``), with its own
+  256-256 relu actor and critic, through the same rejax PPO, and is tuned the same way.
 * Contenders and their tuning, the same number of configurations (3) each: PPO's learning rate
   (rejax's value x 1/3, 1, 3); OpenAI-ES (``"open_es"``, population 256, std 0.1, learning
   rate 0.01 / 0.03 / 0.1); on MountainCar also the elitist GA (``"ga"``, population 256,
