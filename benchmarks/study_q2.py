@@ -43,7 +43,8 @@ environment step, so every figure can also be read at equal FLOPs (third row of 
   threshold) and run again on five fresh **report seeds** (0-4); only those are reported. RL
   has no held-out split; fresh seeds play its part. ``--q2-chosen-from PATH`` skips the tuning
   and runs each method's setting chosen in an earlier run (recorded as ``chosen_from``), for a
-  longer budget whose tuning would not fit.
+  longer budget whose tuning would not fit. ``--q2-grid V ...`` replaces the grid (recorded as
+  ``grid_from``); with one value it runs only the report seeds, to check a grid's edge.
 * Equal compute, measured as **CPU seconds per run**: every method gets the same budget of
   process CPU time per run (``--q2-budget``, per environment), which is robust to other jobs on
   this shared machine in a way wall time is not; wall seconds are recorded next to it. The
@@ -258,14 +259,21 @@ def summarise(runs: list[dict], threshold: float) -> dict[str, Any]:
 
 
 def run_method(
-    env_name: str, method: str, spec: dict, quick: bool, chosen: float | None = None
+    env_name: str,
+    method: str,
+    spec: dict,
+    quick: bool,
+    chosen: float | None = None,
+    values: list[float] | None = None,
 ) -> dict[str, Any]:
     """One method on one environment: tuning on the tuning seeds, then the chosen setting on the
-    report seeds. With ``chosen`` (a setting an earlier run chose) the tuning is skipped."""
+    report seeds. With ``chosen`` (a setting an earlier run chose) the tuning is skipped;
+    ``values`` replace the method's grid (one value: nothing to choose, report seeds only)."""
     threshold = spec["threshold"]
     # --quick checks the pipeline, not the tuning: one configuration per method (every PPO
     # learning rate is its own compilation, ~30 s each here), no tuning phase.
-    tune = [] if quick or chosen is not None else TUNE_SEEDS
+    single = chosen is not None or (values is not None and len(values) == 1)
+    tune = [] if quick or single else TUNE_SEEDS
     report = REPORT_SEEDS[:2] if quick else REPORT_SEEDS
     if method in PPO_SOURCES:
         base = PPO_SOURCES[method][env_name]["learning_rate"]
@@ -273,7 +281,12 @@ def run_method(
         setting = "learning_rate"
     else:
         setting, grid = ES_GRIDS[method]
-    grid = [chosen] if chosen is not None else grid[1:2] if quick else grid
+    if chosen is not None:
+        grid = [chosen]
+    elif values is not None:
+        grid = list(values)
+    elif quick:
+        grid = grid[1:2]
     runs_by_value: dict[float, list[dict]] = {v: [] for v in grid}
     compile_s: list[float] = []
     if tune and method in PPO_SOURCES:
@@ -335,6 +348,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--q2-budget", type=float, default=None, help="Q2: CPU seconds per run, every env"
     )
     parser.add_argument(
+        "--q2-grid",
+        type=float,
+        nargs="+",
+        default=None,
+        help="Q2: these values of each method's tuned setting in place of its grid (one value: "
+        "no tuning, the report seeds only; for checking a grid's edge)",
+    )
+    parser.add_argument(
         "--q2-chosen-from",
         nargs="+",
         default=None,
@@ -357,6 +378,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     quick = args.quick
     envs = args.q2_envs or (QUICK["envs"] if quick else list(ENVS))
     out: dict[str, Any] = {"design": __doc__.split("\n\n", 1)[1].strip(), "envs": {}}
+    values = args.q2_grid
+    if values is not None and (args.q2_chosen_from or min(values) <= 0):
+        raise ValueError(
+            f"--q2-grid {values}: positive values, and not with --q2-chosen-from (which fixes "
+            "each method's setting already)"
+        )
     earlier = merge(args.q2_chosen_from)["envs"] if args.q2_chosen_from else None
     methods_of = {
         e: [m for m in ENVS[e]["methods"] if args.q2_methods is None or m in args.q2_methods]
@@ -380,9 +407,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for method in methods:
             load0 = [round(v, 2) for v in os.getloadavg()]
             chosen = _chosen(earlier, env_name, method)
-            m = row["methods"][method] = run_method(env_name, method, spec, quick, chosen)
+            m = row["methods"][method] = run_method(env_name, method, spec, quick, chosen, values)
             if chosen is not None:
                 m["chosen_from"] = args.q2_chosen_from  # no tuning in this run
+            if values is not None:
+                m["grid_from"] = "--q2-grid"  # not the method's own grid
             m["loadavg"] = [load0, [round(v, 2) for v in os.getloadavg()]]
             print(
                 f"[q2] {env_name} {method}: chosen {m['setting']} {m['chosen']}, final return "

@@ -154,6 +154,12 @@ def test_chosen_from_names_what_is_missing_before_anything_runs(q2, tmp_path: Pa
     with pytest.raises(ValueError, match=r"no ppo on Breakout-MinAtar; it has \{'CartPole-v1'"):
         study_q2.run(args)
     assert study_q2._chosen(study_q2.merge([earlier])["envs"], "CartPole-v1", "ppo") == 0.001
+    # A grid of one's own cannot be combined with settings chosen earlier, nor be non-positive.
+    for extra in (["--q2-chosen-from", str(earlier)], []):
+        grid = ["--q2-grid", "0.001"] if extra else ["--q2-grid", "0.0", "0.1"]
+        args = parser.parse_args(["--q2-envs", ENV, *grid, *extra])
+        with pytest.raises(ValueError, match=r"--q2-grid \[.*\]: positive values"):
+            study_q2.run(args)
 
 
 def test_returns_at_equal_flops_read_each_curve_at_the_smallest_runs_end(q2) -> None:
