@@ -28,8 +28,9 @@ def gather(paths: list[str | Path]) -> dict[str, Any]:
     """One ``{"populations", "sizes", "best", "labels", "sources"}`` from study JSONs with a
     ``"q1"`` key (or bare Q1 sections), one population each; files of one population may
     hold different sizes, and a later file's run of a method, size and P replaces an earlier one.
-    Runs recorded as not run and sizes run at one population are left out; the gradient
-    methods' medians are kept per size as ``"gradient"`` (a reference line)."""
+    Runs recorded as not run and sizes run at one population are left out; a method run at one
+    population at a size stays in the table but gets no best P there (nor a point in the fits).
+    The gradient methods' medians are kept per size as ``"gradient"`` (a reference line)."""
     seen: set[int] = set()
     sizes: dict[int, dict[str, Any]] = {}
     labels: dict[str, str] = {}
@@ -58,6 +59,8 @@ def gather(paths: list[str | Path]) -> dict[str, Any]:
     best: dict[int, dict[str, Any]] = {}
     for h, size in sizes.items():
         for method, per_p in size["methods"].items():
+            if len(per_p) < 2:  # run at one P at this size: it has no best P to name
+                continue
             reached = {P: v["flops_to_target_median"] for P, v in per_p.items()}
             reached = {P: f for P, f in reached.items() if f is not None}
             if reached:

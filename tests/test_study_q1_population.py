@@ -30,6 +30,11 @@ def _report(P: int, flops: dict[str, float | None], gradient: float) -> dict:
     sizes = [{"hidden": 12, "D": 1066, "methods": methods}]
     if P == 256:  # a larger size run at one population only: left out
         sizes.append({"hidden": 1000, "D": 1076010, "methods": {"open_es": methods["open_es"]}})
+    if P in (64, 256):  # a size where one method ran at two P, the other at P = 256 only
+        larger = {"open_es": methods["open_es"]} | (
+            {"deep_ga": methods["open_es"]} if P == 256 else {}
+        )
+        sizes.append({"hidden": 320, "D": 126730, "methods": larger})
     return {
         "q1": {
             "task": {"population": P},
@@ -55,7 +60,10 @@ def test_gather_picks_the_best_population_and_plots(monkeypatch, tmp_path: Path)
         paths.append(path)
     g = pop.gather(paths)
     assert g["populations"] == [16, 64, 256]
-    assert list(g["sizes"]) == [12]  # h = 1000 was run at P = 256 only
+    assert list(g["sizes"]) == [12, 320]  # h = 1000 was run at P = 256 only
+    # at h = 320 only OpenAI-ES ran at two P: the GA's lone P = 256 is no "best" P
+    assert g["best"][320] == {"open_es": {"population": 64, "flops": 3e9}}
+    assert set(g["sizes"][320]["methods"]["deep_ga"]) == {256}
     size = g["sizes"][12]
     assert size["gradient"] == {"Adam": 4e7}
     assert set(size["methods"]["deep_ga"]) == {64, 256}  # not run at 16: absent, not a miss
