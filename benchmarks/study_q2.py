@@ -389,10 +389,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         e: [m for m in ENVS[e]["methods"] if args.q2_methods is None or m in args.q2_methods]
         for e in envs
     }
+    methods_of = {e: ms for e, ms in methods_of.items() if ms}  # an env none of them runs on
+    if not methods_of:
+        runs_on = {e: list(ENVS[e]["methods"]) for e in envs}
+        raise ValueError(f"--q2-methods {args.q2_methods} run on none of {runs_on}")
     for env_name, methods in methods_of.items():  # before anything runs
         for method in methods:
             _chosen(earlier, env_name, method)
-    for env_name in envs:
+    for env_name in methods_of:
         spec = dict(ENVS[env_name])
         if args.q2_budget is not None:
             spec["budget_cpu_s"] = args.q2_budget

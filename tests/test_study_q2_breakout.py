@@ -154,6 +154,10 @@ def test_chosen_from_names_what_is_missing_before_anything_runs(q2, tmp_path: Pa
     with pytest.raises(ValueError, match=r"no ppo on Breakout-MinAtar; it has \{'CartPole-v1'"):
         study_q2.run(args)
     assert study_q2._chosen(study_q2.merge([earlier])["envs"], "CartPole-v1", "ppo") == 0.001
+    # Methods that run on none of the environments asked for are refused, naming who runs where.
+    args = parser.parse_args(["--q2-envs", "CartPole-v1", "--q2-methods", "snes", "ppo_blines"])
+    with pytest.raises(ValueError, match=r"run on none of \{'CartPole-v1': \['ppo', 'open_es'\]"):
+        study_q2.run(args)
     # A grid of one's own cannot be combined with settings chosen earlier, nor be non-positive.
     for extra in (["--q2-chosen-from", str(earlier)], []):
         grid = ["--q2-grid", "0.001"] if extra else ["--q2-grid", "0.0", "0.1"]
