@@ -45,6 +45,9 @@ environment step, so every figure can also be read at equal FLOPs (third row of 
   and runs each method's setting chosen in an earlier run (recorded as ``chosen_from``), for a
   longer budget whose tuning would not fit. ``--q2-grid V ...`` replaces the grid (recorded as
   ``grid_from``); with one value it runs only the report seeds, to check a grid's edge.
+  ``--q2-population P`` runs every ES at population P instead of 256 (recorded per method),
+  with its chunk of generations scaled by 256 / P so evaluations stay the same number of
+  member-episodes apart.
 * Equal compute, measured as **CPU seconds per run**: every method gets the same budget of
   process CPU time per run (``--q2-budget``, per environment), which is robust to other jobs on
   this shared machine in a way wall time is not; wall seconds are recorded next to it. The
@@ -136,6 +139,7 @@ ES_GRIDS = {
     "snes": ("std", [0.03, 0.1, 0.3]),
 }
 TUNE_SEEDS, REPORT_SEEDS = [100, 101], [0, 1, 2, 3, 4]
+POPULATION = 256  # every ES's population unless --q2-population says otherwise
 
 
 class _Budget(Exception):
@@ -145,7 +149,7 @@ class _Budget(Exception):
 # -- the library's ES and GA -----------------------------------------------------------------
 
 
-def make_evolution(env_name: str, method: str, quick: bool):
+def make_evolution(env_name: str, method: str, quick: bool, population: int = POPULATION):
     from flax import nnx
 
     from evojax_nets import Evolution
@@ -162,7 +166,7 @@ def make_evolution(env_name: str, method: str, quick: bool):
         activation=getattr(jax.nn, act),
         rngs=nnx.Rngs(0),
     )
-    population = QUICK["population"] if quick else 256
+    population = QUICK["population"] if quick else population
     kwargs = {"std": 0.1, "learning_rate": 0.03} if method == "open_es" else {"std": 0.1}
     return Evolution(policy, task, method, population, **kwargs)
 
@@ -294,7 +298,8 @@ def run_method(
         runs_by_value = {v: per_run(t["curve"], threshold) for v, t in tuning.items()}
         compile_s = [t["compile_s"] for t in tuning.values()]
     elif tune:
-        tuned = run_es(make_evolution(env_name, method, quick), method, grid, tune, spec, quick)
+        evo = make_evolution(env_name, method, quick, spec["es_population"])
+        tuned = run_es(evo, method, grid, tune, spec, quick)
         # The sweep's order is seed-major: configuration c is (tune[c // G], grid[c % G]).
         runs = per_run(tuned["curve"], threshold)
         runs_by_value = {v: runs[i :: len(grid)] for i, v in enumerate(grid)}
@@ -312,7 +317,7 @@ def run_method(
     if method in PPO_SOURCES:
         final = run_ppo(env_name, chosen, report, spec, quick, method)
     else:
-        evo = make_evolution(env_name, method, quick)
+        evo = make_evolution(env_name, method, quick, spec["es_population"])
         final = run_es(evo, method, [chosen], report, spec, quick)
     runs = per_run(final["curve"], threshold)
     return {
@@ -336,7 +341,7 @@ def run_method(
                 "ppo_config": ppo_config(env_name, quick, method),
             }
             if method in PPO_SOURCES
-            else {}
+            else {"population": QUICK["population"] if quick else spec["es_population"]}
         ),
     }
 
@@ -346,6 +351,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--q2-methods", nargs="+", default=None, choices=list(METHODS))
     parser.add_argument(
         "--q2-budget", type=float, default=None, help="Q2: CPU seconds per run, every env"
+    )
+    parser.add_argument(
+        "--q2-population",
+        type=int,
+        default=None,
+        help=f"Q2: every ES's population (default {POPULATION}); its chunk of generations is "
+        "scaled to keep the member-episodes between evaluations",
     )
     parser.add_argument(
         "--q2-grid",
@@ -384,6 +396,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"--q2-grid {values}: positive values, and not with --q2-chosen-from (which fixes "
             "each method's setting already)"
         )
+    population = args.q2_population or POPULATION
+    if population < 2 or population % 2:
+        raise ValueError(f"--q2-population must be an even integer >= 2, got {population}")
     earlier = merge(args.q2_chosen_from)["envs"] if args.q2_chosen_from else None
     methods_of = {
         e: [m for m in ENVS[e]["methods"] if args.q2_methods is None or m in args.q2_methods]
@@ -397,7 +412,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for method in methods:
             _chosen(earlier, env_name, method)
     for env_name in methods_of:
-        spec = dict(ENVS[env_name])
+        spec = dict(ENVS[env_name], es_population=population)
+        # the same member-episodes between two evaluations at every population
+        gens = spec["es_chunk_generations"] * POPULATION / population
+        spec["es_chunk_generations"] = max(1, round(gens))
         if args.q2_budget is not None:
             spec["budget_cpu_s"] = args.q2_budget
         methods = methods_of[env_name]

@@ -48,6 +48,7 @@ def test_breakout_config_network_and_adapter(q2) -> None:
     for method in ("open_es", "snes"):
         evo = study_q2.make_evolution(ENV, method, quick=False)
         assert evo.strategy.num_dims == 30_019 and evo.strategy.population_size == 256
+    assert study_q2.make_evolution(ENV, "snes", False, 64).strategy.population_size == 64
     assert study_q2.ES_GRIDS["snes"][0] == "std" and len(study_q2.ES_GRIDS["snes"][1]) == 3
 
     # The adapter: gymnax 1.0's (terminated, truncated) as rejax 0.1.3's single done.
@@ -157,6 +158,10 @@ def test_chosen_from_names_what_is_missing_before_anything_runs(q2, tmp_path: Pa
     # Methods that run on none of the environments asked for are refused, naming who runs where.
     args = parser.parse_args(["--q2-envs", "CartPole-v1", "--q2-methods", "snes", "ppo_blines"])
     with pytest.raises(ValueError, match=r"run on none of \{'CartPole-v1': \['ppo', 'open_es'\]"):
+        study_q2.run(args)
+    # An odd population is refused before anything runs.
+    args = parser.parse_args(["--q2-envs", ENV, "--q2-population", "63"])
+    with pytest.raises(ValueError, match="--q2-population must be an even integer >= 2, got 63"):
         study_q2.run(args)
     # A grid of one's own cannot be combined with settings chosen earlier, nor be non-positive.
     for extra in (["--q2-chosen-from", str(earlier)], []):
