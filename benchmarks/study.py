@@ -206,6 +206,15 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return out, time.perf_counter() - t0
 
 
+def generations_at_population(generations: int, P: int, default: int, flag: str) -> int:
+    """``generations`` of a population of ``default`` rescaled for population ``P`` (at least
+    one), so that they hold the same member-evaluations; ``P`` must be an even integer >= 2
+    (``flag``, the option that set it, is named in the error)."""
+    if P < 2 or P % 2:
+        raise ValueError(f"{flag} must be an even integer >= 2, got {P}")
+    return max(1, round(generations * default / P))
+
+
 def _fmt(x: float) -> float | None:
     """4 significant digits; ``None`` (JSON null) for a diverged run's inf or NaN."""
     return float(f"{x:.4g}") if np.isfinite(x) else None

@@ -90,7 +90,7 @@ from typing import Any
 import numpy as np
 from _digits import train_val_test
 from flax import nnx
-from study import _fmt, bootstrap_median
+from study import _fmt, bootstrap_median, generations_at_population
 from study_q1_contenders import (
     CMA_NOT_RUN,
     CONTENDERS,
@@ -238,10 +238,8 @@ def with_population(cfg: dict[str, Any], P: int | None) -> dict[str, Any]:
     spend and the FLOPs between two checks stay as they are."""
     if P is None or cfg["population"] == P:
         return cfg
-    if P < 2 or P % 2:
-        raise ValueError(f"--q1-population must be an even integer >= 2, got {P}")
-    scale = cfg["population"] / P
-    scaled = lambda d: {**d, "es": max(1, round(d["es"] * scale))}
+    rescale = lambda g: generations_at_population(g, P, cfg["population"], "--q1-population")
+    scaled = lambda d: {**d, "es": rescale(d["es"])}
     return {**cfg, "population": P, "caps": scaled(cfg["caps"]), "every": scaled(cfg["every"])}
 
 

@@ -78,7 +78,7 @@ from typing import Any
 
 import jax
 import numpy as np
-from study import _fmt, bootstrap_median
+from study import _fmt, bootstrap_median, generations_at_population
 from study_q2_flops import annotate
 from study_q2_ppo import (
     EVAL_EPISODES,
@@ -150,6 +150,8 @@ class _Budget(Exception):
 
 
 def make_evolution(env_name: str, method: str, quick: bool, population: int = POPULATION):
+    """``method`` on ``env_name`` at ``population``, evolving the policy every contender trains
+    (its quick size with ``quick``)."""
     from flax import nnx
 
     from evojax_nets import Evolution
@@ -166,7 +168,6 @@ def make_evolution(env_name: str, method: str, quick: bool, population: int = PO
         activation=getattr(jax.nn, act),
         rngs=nnx.Rngs(0),
     )
-    population = QUICK["population"] if quick else population
     kwargs = {"std": 0.1, "learning_rate": 0.03} if method == "open_es" else {"std": 0.1}
     return Evolution(policy, task, method, population, **kwargs)
 
@@ -341,7 +342,7 @@ def run_method(
                 "ppo_config": ppo_config(env_name, quick, method),
             }
             if method in PPO_SOURCES
-            else {"population": QUICK["population"] if quick else spec["es_population"]}
+            else {"population": spec["es_population"]}
         ),
     }
 
@@ -356,8 +357,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--q2-population",
         type=int,
         default=None,
-        help=f"Q2: every ES's population (default {POPULATION}); its chunk of generations is "
-        "scaled to keep the member-episodes between evaluations",
+        help=f"Q2: every ES's population (default {POPULATION}, --quick {QUICK['population']}); "
+        "its chunk of generations is scaled to keep the member-episodes between evaluations",
     )
     parser.add_argument(
         "--q2-grid",
@@ -396,9 +397,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"--q2-grid {values}: positive values, and not with --q2-chosen-from (which fixes "
             "each method's setting already)"
         )
-    population = args.q2_population or POPULATION
-    if population < 2 or population % 2:
-        raise ValueError(f"--q2-population must be an even integer >= 2, got {population}")
+    default = QUICK["population"] if quick else POPULATION  # the chunks are set for it
+    population = args.q2_population or default
     earlier = merge(args.q2_chosen_from)["envs"] if args.q2_chosen_from else None
     methods_of = {
         e: [m for m in ENVS[e]["methods"] if args.q2_methods is None or m in args.q2_methods]
@@ -413,9 +413,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             _chosen(earlier, env_name, method)
     for env_name in methods_of:
         spec = dict(ENVS[env_name], es_population=population)
-        # the same member-episodes between two evaluations at every population
-        gens = spec["es_chunk_generations"] * POPULATION / population
-        spec["es_chunk_generations"] = max(1, round(gens))
+        # the same member-episodes between two evaluations at every population (an odd or
+        # tiny population is refused here, before the first environment runs)
+        spec["es_chunk_generations"] = generations_at_population(
+            spec["es_chunk_generations"], population, default, "--q2-population"
+        )
         if args.q2_budget is not None:
             spec["budget_cpu_s"] = args.q2_budget
         methods = methods_of[env_name]
