@@ -47,7 +47,9 @@ environment step, so every figure can also be read at equal FLOPs (third row of 
   ``grid_from``); with one value it runs only the report seeds, to check a grid's edge.
   ``--q2-population P`` runs every ES at population P instead of 256 (recorded per method),
   with its chunk of generations scaled by 256 / P so evaluations stay the same number of
-  member-episodes apart.
+  member-episodes apart. ``--q2-es-network blines`` has the ES evolve the ``ppo_blines``
+  contender's actor instead (256-256 relu on Breakout, 169,219 weights; recorded per method as
+  ``policy``, and its FLOPs counted for that network).
 * Equal compute, measured as **CPU seconds per run**: every method gets the same budget of
   process CPU time per run (``--q2-budget``, per environment), which is robust to other jobs on
   this shared machine in a way wall time is not; wall seconds are recorded next to it. The
@@ -84,11 +86,11 @@ from study_q2_ppo import (
     EVAL_EPISODES,
     EVAL_SEED,
     HIDDEN,
-    PPO_CONFIGS,
     PPO_SOURCES,
     QUICK,
     Clock,
     curve_point,
+    hidden_of,
     ppo_config,
     run_ppo,
 )
@@ -149,9 +151,35 @@ class _Budget(Exception):
 # -- the library's ES and GA -----------------------------------------------------------------
 
 
-def make_evolution(env_name: str, method: str, quick: bool, population: int = POPULATION):
-    """``method`` on ``env_name`` at ``population``, evolving the policy every contender trains
-    (its quick size with ``quick``)."""
+ES_NETWORKS = ("rejax", "blines")  # whose PPO actor the ES evolve (--q2-es-network)
+
+
+def es_policy(env_name: str, network: str, quick: bool) -> dict[str, Any]:
+    """The hidden layers and activation of the policy the ES evolve on ``env_name``: the actor
+    of rejax's configuration (``"rejax"``, the default, every contender's network) or of
+    gymnax-blines' (``"blines"``, the ``ppo_blines`` contender's; its quick size with
+    ``quick``)."""
+    if network not in ES_NETWORKS:
+        raise ValueError(f"--q2-es-network {network!r}: one of {ES_NETWORKS}")
+    configs = PPO_SOURCES["ppo" if network == "rejax" else "ppo_blines"]
+    if env_name not in configs:
+        raise ValueError(
+            f"--q2-es-network {network}: gymnax-blines' configuration is recorded for "
+            f"{sorted(configs)} only, not {env_name!r}"
+        )
+    hidden = QUICK["hidden"] if quick else hidden_of(configs[env_name])
+    return {"hidden": list(hidden), "activation": configs[env_name]["agent_kwargs"]["activation"]}
+
+
+def make_evolution(
+    env_name: str,
+    method: str,
+    quick: bool,
+    population: int = POPULATION,
+    policy_spec: dict[str, Any] | None = None,
+):
+    """``method`` on ``env_name`` at ``population``, evolving ``policy_spec``'s policy (default
+    ``es_policy(env_name, "rejax", quick)``, the one every contender trains)."""
     from flax import nnx
 
     from evojax_nets import Evolution
@@ -159,13 +187,12 @@ def make_evolution(env_name: str, method: str, quick: bool, population: int = PO
     from evojax_nets.tasks.rl import RLTask
 
     task = RLTask(env_name, eval_episodes=EVAL_EPISODES, eval_seed=EVAL_SEED)
-    act = PPO_CONFIGS[env_name]["agent_kwargs"]["activation"]
-    hidden = QUICK["hidden"] if quick else HIDDEN
+    spec = policy_spec or es_policy(env_name, "rejax", quick)
     policy = MLPPolicy(
         task.obs_shape,
         task.num_outputs,
-        hidden,
-        activation=getattr(jax.nn, act),
+        tuple(spec["hidden"]),
+        activation=getattr(jax.nn, spec["activation"]),
         rngs=nnx.Rngs(0),
     )
     kwargs = {"std": 0.1, "learning_rate": 0.03} if method == "open_es" else {"std": 0.1}
@@ -299,7 +326,7 @@ def run_method(
         runs_by_value = {v: per_run(t["curve"], threshold) for v, t in tuning.items()}
         compile_s = [t["compile_s"] for t in tuning.values()]
     elif tune:
-        evo = make_evolution(env_name, method, quick, spec["es_population"])
+        evo = make_evolution(env_name, method, quick, spec["es_population"], spec["es_policy"])
         tuned = run_es(evo, method, grid, tune, spec, quick)
         # The sweep's order is seed-major: configuration c is (tune[c // G], grid[c % G]).
         runs = per_run(tuned["curve"], threshold)
@@ -318,7 +345,7 @@ def run_method(
     if method in PPO_SOURCES:
         final = run_ppo(env_name, chosen, report, spec, quick, method)
     else:
-        evo = make_evolution(env_name, method, quick, spec["es_population"])
+        evo = make_evolution(env_name, method, quick, spec["es_population"], spec["es_policy"])
         final = run_es(evo, method, [chosen], report, spec, quick)
     runs = per_run(final["curve"], threshold)
     return {
@@ -342,7 +369,7 @@ def run_method(
                 "ppo_config": ppo_config(env_name, quick, method),
             }
             if method in PPO_SOURCES
-            else {"population": spec["es_population"]}
+            else {"population": spec["es_population"], "policy": spec["es_policy"]}
         ),
     }
 
@@ -359,6 +386,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help=f"Q2: every ES's population (default {POPULATION}, --quick {QUICK['population']}); "
         "its chunk of generations is scaled to keep the member-episodes between evaluations",
+    )
+    parser.add_argument(
+        "--q2-es-network",
+        default="rejax",
+        choices=ES_NETWORKS,
+        help="Q2: the ES evolve the actor of rejax's configuration (default; the network every "
+        "contender trains) or of gymnax-blines' (the ppo_blines contender's, Breakout only)",
     )
     parser.add_argument(
         "--q2-grid",
@@ -408,11 +442,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if not methods_of:
         runs_on = {e: list(ENVS[e]["methods"]) for e in envs}
         raise ValueError(f"--q2-methods {args.q2_methods} run on none of {runs_on}")
+    policies = {}
     for env_name, methods in methods_of.items():  # before anything runs
+        policies[env_name] = es_policy(env_name, args.q2_es_network, quick)
         for method in methods:
             _chosen(earlier, env_name, method)
     for env_name in methods_of:
-        spec = dict(ENVS[env_name], es_population=population)
+        spec = dict(ENVS[env_name], es_population=population, es_policy=policies[env_name])
         # the same member-episodes between two evaluations at every population (an odd or
         # tiny population is refused here, before the first environment runs)
         spec["es_chunk_generations"] = generations_at_population(

@@ -68,14 +68,18 @@ def _scaled(value: float | None, per_step: float) -> float | None:
 def annotate(q2: dict[str, Any], hidden: tuple[int, ...]) -> dict[str, Any]:
     """Adds counted FLOPs to every method of every environment of a Q2 section, in place:
     per step, to the threshold and at the end of each run, and their medians (an unreached run
-    counts as infinite, as for the steps). ``hidden`` is the ES's policy; a PPO contender's
+    counts as infinite, as for the steps). ``hidden`` is the ES's policy where a method does not
+    record its own; a PPO contender's
     networks and epochs are its own recorded configuration's (runs recorded before there was
     more than one PPO contender: the environment's ``ppo_config``)."""
     for env_name, row in q2["envs"].items():
         obs, outputs = env_io(env_name)
         for name, m in row["methods"].items():
             config = m.get("ppo_config", row["ppo_config"])
-            layers = hidden_of(config) if name in PPO_SOURCES else hidden
+            if name in PPO_SOURCES:
+                layers = hidden_of(config)
+            else:  # the ES's own recorded policy (runs recorded before it: ``hidden``)
+                layers = tuple(m.get("policy", {}).get("hidden", hidden))
             per = flops_per_env_step(name, obs, outputs, layers, config["num_epochs"])
             f = per["flops_per_env_step"]
             m["flops"] = {

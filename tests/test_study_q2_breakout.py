@@ -89,6 +89,32 @@ def test_gymnax_blines_config_and_its_own_networks_flops(q2) -> None:
     assert methods["ppo"]["flops"]["flops_per_env_step"] == 1_550_848
 
 
+def test_es_can_evolve_gymnax_blines_actor_and_are_counted_for_it(q2) -> None:
+    """``--q2-es-network blines``: the ES evolve the ppo_blines contender's 256-256 relu actor,
+    record it, and their FLOPs are counted for it; envs without that configuration are refused
+    before anything runs."""
+    import argparse
+
+    study_q2, ppo = q2
+    spec = study_q2.es_policy(ENV, "blines", quick=False)
+    assert spec == {"hidden": [256, 256], "activation": "relu"}
+    rejax = study_q2.es_policy(ENV, "rejax", quick=False)
+    assert rejax == {"hidden": [64, 64], "activation": "tanh"}
+    evo = study_q2.make_evolution(ENV, "snes", False, 64, spec)
+    assert evo.strategy.num_dims == 400 * 256 + 256 + 256 * 256 + 256 + 256 * 3 + 3 == 169_219
+    report = _fake(ENV, 10.0)
+    row = report["q2"]["envs"][ENV]
+    row["methods"]["snes"] = dict(row["methods"]["ppo"], policy=spec)
+    methods = study_q2.annotate(report["q2"], ppo.HIDDEN)["envs"][ENV]["methods"]
+    assert methods["snes"]["flops"]["flops_per_env_step"] == 2 * (400 * 256 + 256 * 256 + 256 * 3)
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    study_q2.add_arguments(parser)
+    args = parser.parse_args(["--q2-envs", "CartPole-v1", "--q2-es-network", "blines"])
+    with pytest.raises(ValueError, match=r"blines' configuration is recorded for \['Breakout"):
+        study_q2.run(args)
+
+
 def test_merge_joins_one_environments_methods_of_one_budget(q2, tmp_path: Path) -> None:
     study_q2, _ = q2
     a, b, c = (tmp_path / f"{n}.json" for n in "abc")
