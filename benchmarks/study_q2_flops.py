@@ -68,10 +68,10 @@ def _scaled(value: float | None, per_step: float) -> float | None:
 def annotate(q2: dict[str, Any], hidden: tuple[int, ...]) -> dict[str, Any]:
     """Adds counted FLOPs to every method of every environment of a Q2 section, in place:
     per step, to the threshold and at the end of each run, and their medians (an unreached run
-    counts as infinite, as for the steps). ``hidden`` is the ES's policy where a method does not
-    record its own; a PPO contender's
-    networks and epochs are its own recorded configuration's (runs recorded before there was
-    more than one PPO contender: the environment's ``ppo_config``)."""
+    counts as infinite, as for the steps). An ES is counted for its recorded ``policy``
+    (``hidden`` for runs recorded before ES recorded one); a PPO contender's networks and epochs
+    are its own recorded configuration's (runs recorded before there was more than one PPO
+    contender: the environment's ``ppo_config``)."""
     for env_name, row in q2["envs"].items():
         obs, outputs = env_io(env_name)
         for name, m in row["methods"].items():
