@@ -151,24 +151,26 @@ class _Budget(Exception):
 # -- the library's ES and GA -----------------------------------------------------------------
 
 
-ES_NETWORKS = ("rejax", "blines")  # whose PPO actor the ES evolve (--q2-es-network)
+# --q2-es-network: whose PPO actor the ES evolve (the PPO contender that trains it, and whose
+# configuration that is)
+ES_NETWORKS = {"rejax": ("ppo", "rejax's"), "blines": ("ppo_blines", "gymnax-blines'")}
 
 
 def es_policy(env_name: str, network: str, quick: bool) -> dict[str, Any]:
     """The hidden layers and activation of the policy the ES evolve on ``env_name``: the actor
-    of rejax's configuration (``"rejax"``, the default, every contender's network) or of
-    gymnax-blines' (``"blines"``, the ``ppo_blines`` contender's; its quick size with
-    ``quick``)."""
+    of ``ppo_config`` for the PPO contender of ``ES_NETWORKS[network]`` (``"rejax"``, the default,
+    is every contender's network; ``"blines"`` the ``ppo_blines`` contender's; its quick size
+    with ``quick``)."""
     if network not in ES_NETWORKS:
-        raise ValueError(f"--q2-es-network {network!r}: one of {ES_NETWORKS}")
-    configs = PPO_SOURCES["ppo" if network == "rejax" else "ppo_blines"]
-    if env_name not in configs:
+        raise ValueError(f"--q2-es-network {network!r}: one of {sorted(ES_NETWORKS)}")
+    contender, whose = ES_NETWORKS[network]
+    if env_name not in PPO_SOURCES[contender]:
         raise ValueError(
-            f"--q2-es-network {network}: gymnax-blines' configuration is recorded for "
-            f"{sorted(configs)} only, not {env_name!r}"
+            f"--q2-es-network {network}: {whose} configuration is recorded for "
+            f"{sorted(PPO_SOURCES[contender])} only, not {env_name!r}"
         )
-    hidden = QUICK["hidden"] if quick else hidden_of(configs[env_name])
-    return {"hidden": list(hidden), "activation": configs[env_name]["agent_kwargs"]["activation"]}
+    config = ppo_config(env_name, quick, contender)
+    return {"hidden": list(hidden_of(config)), "activation": config["agent_kwargs"]["activation"]}
 
 
 def make_evolution(
@@ -390,7 +392,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--q2-es-network",
         default="rejax",
-        choices=ES_NETWORKS,
+        choices=sorted(ES_NETWORKS),
         help="Q2: the ES evolve the actor of rejax's configuration (default; the network every "
         "contender trains) or of gymnax-blines' (the ppo_blines contender's, Breakout only)",
     )

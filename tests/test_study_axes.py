@@ -77,5 +77,5 @@ def test_q4_reads_each_curve_at_its_cumulative_chunk_wall_time(axes, tmp_path: P
     path = tmp_path / "q4.json"
     path.write_text(json.dumps({"q4": q}))
     r = axes.report({"q4": path})
-    assert r["q4"]["loadavg"] == [[1, 1, 1], [2, 2, 2]]
+    assert r["loadavg"]["q4"] == [[1, 1, 1], [2, 2, 2]]
     assert "| a | 3.00 | 20 | 2.000 (1.000) |" in axes.markdown(r)
